@@ -1,0 +1,1 @@
+//! ota-keys (placeholder until its issue lands).

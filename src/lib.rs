@@ -1,0 +1,1 @@
+//! Owner of the workspace-level end-to-end tests (`tests/`) and benchmarks (`benches/`).
