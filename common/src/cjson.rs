@@ -115,14 +115,20 @@ mod tests {
 
     #[test]
     fn floats_are_refused() {
-        assert!(matches!(to_canonical(&json!({"x": 1.5})), Err(CanonicalError::Float(_))));
+        assert!(matches!(
+            to_canonical(&json!({"x": 1.5})),
+            Err(CanonicalError::Float(_))
+        ));
     }
 
     #[test]
     fn key_order_is_code_point_order() {
         // "é" (U+00E9) sorts after "z"; "Z" before "a".
         let v = json!({"é": 1, "z": 2, "Z": 3, "a": 4});
-        assert_eq!(to_canonical(&v).unwrap(), "{\"Z\":3,\"a\":4,\"z\":2,\"é\":1}".as_bytes());
+        assert_eq!(
+            to_canonical(&v).unwrap(),
+            "{\"Z\":3,\"a\":4,\"z\":2,\"é\":1}".as_bytes()
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

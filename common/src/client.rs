@@ -27,8 +27,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::keys::{Key, KeyId};
 use crate::metadata::{
-    DelegatedRole, Hashes, MetaFile, Role, RoleType, Root, Snapshot, TargetFile, Targets,
-    Timestamp,
+    DelegatedRole, Hashes, MetaFile, Role, RoleType, Root, Snapshot, TargetFile, Targets, Timestamp,
 };
 use crate::signed::{MetadataError, RawSigned};
 use crate::target::percent_encode;
@@ -288,9 +287,8 @@ impl Refresh {
     ) -> Result<Self, ClientError> {
         // 5.2: the trusted root verifies under itself. Its expiry does not matter yet: a newer
         // root may replace it.
-        let raw = RawSigned::parse(&local.root).map_err(|e| {
-            ClientError::InvalidTrustedRoot(VerifyError::Metadata(e))
-        })?;
+        let raw = RawSigned::parse(&local.root)
+            .map_err(|e| ClientError::InvalidTrustedRoot(VerifyError::Metadata(e)))?;
         let unverified: Root = raw
             .decode()
             .map_err(|e| ClientError::InvalidTrustedRoot(VerifyError::Metadata(e)))?;
@@ -687,7 +685,8 @@ impl Refresh {
                 Step::Delegated => {
                     // Skip roles already loaded (cycles, or one role delegated twice).
                     while let Some(top) = self.pending.last() {
-                        if self.delegated.contains_key(&top.role.name) || top.role.name == "targets" {
+                        if self.delegated.contains_key(&top.role.name) || top.role.name == "targets"
+                        {
                             self.pending.pop();
                         } else {
                             break;
@@ -713,7 +712,9 @@ impl Refresh {
                                 .pending
                                 .pop()
                                 .ok_or(ClientError::OutOfOrder("no delegated role pending"))?;
-                            if let Ok(t) = self.check_targets(&raw, &file, &name, &meta, Some(&pending)) {
+                            if let Ok(t) =
+                                self.check_targets(&raw, &file, &name, &meta, Some(&pending))
+                            {
                                 self.queue_delegations(&t);
                                 self.delegated.insert(name, t);
                                 continue;

@@ -272,7 +272,10 @@ mod tests {
         let k = SigningKey::from_seed(&[7u8; 32]);
         let sig = k.sign(b"hello");
         k.public().verify(b"hello", &sig.sig).unwrap();
-        assert_eq!(k.public().verify(b"hellO", &sig.sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            k.public().verify(b"hellO", &sig.sig),
+            Err(KeyError::BadSignature)
+        );
         assert!(matches!(
             k.public().verify(b"hello", "zz"),
             Err(KeyError::MalformedSignature(_))
@@ -286,7 +289,10 @@ mod tests {
             r#"{{"keytype":"ed25519","keyval":{{"public":"{}"}},"scheme":"ed25519"}}"#,
             hex::encode([1u8; 32])
         );
-        assert_eq!(k.key_id().unwrap().0, hex::encode(Sha256::digest(canon.as_bytes())));
+        assert_eq!(
+            k.key_id().unwrap().0,
+            hex::encode(Sha256::digest(canon.as_bytes()))
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! agent agree on.
 //!
 //! # Layout
+//! - [`api`]: wire types of the device, publisher and operator APIs.
 //! - [`cjson`]: canonical JSON, the bytes that TUF signs.
 //! - [`keys`]: TUF keys, key ids, signature verification (ed25519, ECDSA P-256, RSA-PSS),
 //!   and ed25519 signing behind the `sign` feature.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod cjson;
 pub mod client;
 pub mod keys;

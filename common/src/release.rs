@@ -224,10 +224,11 @@ pub fn choose<'a>(
             .into_iter()
             .find(|(n, _)| *n == wanted)
             .ok_or_else(|| PolicyError::UnknownTarget(wanted.into()))?;
-        let info = ReleaseInfo::from_target(name, file).map_err(|e| PolicyError::BadReleaseFields {
-            target: name.into(),
-            reason: e.reason,
-        })?;
+        let info =
+            ReleaseInfo::from_target(name, file).map_err(|e| PolicyError::BadReleaseFields {
+                target: name.into(),
+                reason: e.reason,
+            })?;
         if !info.fits(device.hardware_id) {
             return Err(PolicyError::WrongHardware {
                 target: name.into(),
@@ -300,29 +301,61 @@ mod tests {
             ("c", file("3.0.0", &["hw2"])),
         ];
         let floor = v("1.0.0");
-        let dev = DeviceFacts { hardware_id: "hw1", floor: Some(&floor) };
+        let dev = DeviceFacts {
+            hardware_id: "hw1",
+            floor: Some(&floor),
+        };
         let got = choose(t.iter().map(|(n, f)| (*n, f)), &dev, None).unwrap();
         assert!(matches!(got, Choice::Install { ref name, .. } if name == "b"));
         let floor = v("2.0.0");
-        let dev = DeviceFacts { hardware_id: "hw1", floor: Some(&floor) };
-        assert_eq!(choose(t.iter().map(|(n, f)| (*n, f)), &dev, None).unwrap(), Choice::UpToDate);
+        let dev = DeviceFacts {
+            hardware_id: "hw1",
+            floor: Some(&floor),
+        };
+        assert_eq!(
+            choose(t.iter().map(|(n, f)| (*n, f)), &dev, None).unwrap(),
+            Choice::UpToDate
+        );
     }
 
     #[test]
     fn directive_refusals_are_specific() {
-        let t = [("a", file("1.0.0", &["hw1"])), ("b", file("2.0.0", &["hw1"]))];
+        let t = [
+            ("a", file("1.0.0", &["hw1"])),
+            ("b", file("2.0.0", &["hw1"])),
+        ];
         let it = || t.iter().map(|(n, f)| (*n, f));
         let floor = v("2.0.0");
-        let dev = DeviceFacts { hardware_id: "hw1", floor: Some(&floor) };
-        assert!(matches!(choose(it(), &dev, Some("a")), Err(PolicyError::Downgrade { .. })));
+        let dev = DeviceFacts {
+            hardware_id: "hw1",
+            floor: Some(&floor),
+        };
+        assert!(matches!(
+            choose(it(), &dev, Some("a")),
+            Err(PolicyError::Downgrade { .. })
+        ));
         assert_eq!(choose(it(), &dev, Some("b")).unwrap(), Choice::UpToDate);
-        assert!(matches!(choose(it(), &dev, Some("zz")), Err(PolicyError::UnknownTarget(_))));
-        let dev = DeviceFacts { hardware_id: "hw9", floor: None };
-        assert!(matches!(choose(it(), &dev, Some("b")), Err(PolicyError::WrongHardware { .. })));
+        assert!(matches!(
+            choose(it(), &dev, Some("zz")),
+            Err(PolicyError::UnknownTarget(_))
+        ));
+        let dev = DeviceFacts {
+            hardware_id: "hw9",
+            floor: None,
+        };
+        assert!(matches!(
+            choose(it(), &dev, Some("b")),
+            Err(PolicyError::WrongHardware { .. })
+        ));
     }
 
     fn arb_version() -> impl Strategy<Value = ReleaseVersion> {
-        (0u64..5, 0u64..5, 0u64..5, prop::option::of(prop_oneof![Just("alpha"), Just("rc.1"), Just("rc.2")]))
+        (
+            0u64..5,
+            0u64..5,
+            0u64..5,
+            prop::option::of(prop_oneof![Just("alpha"), Just("rc.1"), Just("rc.2")]),
+        )
             .prop_map(|(a, b, c, pre)| {
                 let s = match pre {
                     Some(p) => format!("{a}.{b}.{c}-{p}"),

@@ -149,8 +149,14 @@ mod tests {
 
     #[test]
     fn malformed_envelopes_are_refused() {
-        assert!(matches!(RawSigned::parse(b"not json"), Err(MetadataError::Envelope(_))));
-        assert!(matches!(RawSigned::parse(b"{}"), Err(MetadataError::Envelope(_))));
+        assert!(matches!(
+            RawSigned::parse(b"not json"),
+            Err(MetadataError::Envelope(_))
+        ));
+        assert!(matches!(
+            RawSigned::parse(b"{}"),
+            Err(MetadataError::Envelope(_))
+        ));
         assert!(matches!(
             RawSigned::parse(br#"{"signed": 3, "signatures": []}"#),
             Err(MetadataError::Envelope(_))

@@ -264,7 +264,17 @@ mod tests {
 
     #[test]
     fn path_traversal_names_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "a/./b", "a\nb", "a/"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a\\b",
+            "a/./b",
+            "a\nb",
+            "a/",
+        ] {
             assert!(TargetName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(TargetName::new("firmware/v1.2/img.bin").is_ok());
@@ -286,7 +296,10 @@ mod tests {
         assert_eq!(ok.length(), data.len() as u64);
 
         let mut v = TargetVerifier::new(&target(data)).unwrap();
-        assert!(matches!(v.update(&[0; 64]), Err(TargetError::TooLong { .. })));
+        assert!(matches!(
+            v.update(&[0; 64]),
+            Err(TargetError::TooLong { .. })
+        ));
 
         let mut v = TargetVerifier::new(&target(data)).unwrap();
         v.update(&data[..3]).unwrap();
@@ -296,6 +309,12 @@ mod tests {
         evil[0] ^= 1;
         let mut v = TargetVerifier::new(&target(data)).unwrap();
         v.update(&evil).unwrap();
-        assert!(matches!(v.finish(), Err(TargetError::HashMismatch { algorithm: "sha256", .. })));
+        assert!(matches!(
+            v.finish(),
+            Err(TargetError::HashMismatch {
+                algorithm: "sha256",
+                ..
+            })
+        ));
     }
 }

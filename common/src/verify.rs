@@ -148,7 +148,14 @@ mod tests {
         let bytes = sign_role(&root, &[&a, &a]).unwrap();
         let raw = RawSigned::parse(&bytes).unwrap();
         let err = verify_role::<Root>(&raw, "root", &root.keys, &ids, 2).unwrap_err();
-        assert!(matches!(err, VerifyError::ThresholdNotMet { valid: 1, threshold: 2, .. }));
+        assert!(matches!(
+            err,
+            VerifyError::ThresholdNotMet {
+                valid: 1,
+                threshold: 2,
+                ..
+            }
+        ));
         let bytes = sign_role(&root, &[&a, &b]).unwrap();
         let raw = RawSigned::parse(&bytes).unwrap();
         let v = verify_role::<Root>(&raw, "root", &root.keys, &ids, 2).unwrap();

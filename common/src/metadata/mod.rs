@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-pub use root::{Root, RoleKeys};
+pub use root::{RoleKeys, Root};
 pub use snapshot::Snapshot;
 pub use targets::{DelegatedRole, Delegations, TargetFile, Targets};
 pub use timestamp::Timestamp;

@@ -82,7 +82,12 @@ impl Root {
 
     /// Replaces a role's keys and threshold, adding the keys to `keys` and dropping keys that
     /// no role uses any more.
-    pub fn set_role(&mut self, role: RoleType, keys: &[Key], threshold: u64) -> Result<(), crate::keys::KeyError> {
+    pub fn set_role(
+        &mut self,
+        role: RoleType,
+        keys: &[Key],
+        threshold: u64,
+    ) -> Result<(), crate::keys::KeyError> {
         let mut keyids = Vec::with_capacity(keys.len());
         for key in keys {
             let id = key.key_id()?;

@@ -1,0 +1,80 @@
+//! The application: shared state and the router that joins every area's routes.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use chrono::{DateTime, Utc};
+
+use crate::audit::AuditLog;
+use crate::auth::{HasTokens, Tokens};
+use crate::blobs::BlobStore;
+use crate::limits::Limits;
+use crate::metrics::{inc, Metrics};
+use crate::pki::DevPki;
+use crate::repo::Repository;
+use crate::serve::TransportMetrics;
+use crate::store::Store;
+
+/// Everything handlers share. Cheap to clone (all `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    /// The TUF repository.
+    pub repo: Arc<Repository>,
+    /// Uploaded images.
+    pub blobs: BlobStore,
+    /// The state store.
+    pub store: Arc<dyn Store>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// API tokens.
+    pub tokens: Tokens,
+    /// Application counters.
+    pub metrics: Arc<Metrics>,
+    /// Transport counters (filled by [`crate::serve`]).
+    pub transport: Arc<TransportMetrics>,
+    /// The device CA, when this server signs enrollment requests (development PKI).
+    pub device_ca: Option<Arc<DevPki>>,
+    /// Limits (upload cap for the blob route).
+    pub limits: Limits,
+    /// Whether the server holds the targets key (development mode).
+    pub dev_mode: bool,
+}
+
+impl AppState {
+    /// The current time. Handlers read the clock here, in one place.
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+impl HasTokens for AppState {
+    fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let metrics = Arc::clone(&state.metrics);
+    crate::routes::repo::routes()
+        .merge(crate::routes::publish::routes(&state.limits))
+        .merge(crate::routes::health::routes())
+        .merge(crate::routes::admin::routes())
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let metrics = Arc::clone(&metrics);
+            async move { count(metrics, req, next).await }
+        }))
+        .with_state(state)
+}
+
+async fn count(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
+    inc(&metrics.requests);
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        inc(&metrics.errors);
+    }
+    resp
+}
