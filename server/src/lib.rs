@@ -30,6 +30,10 @@ pub mod auth;
 #[deny(missing_docs)]
 pub mod blobs;
 #[deny(missing_docs)]
+pub mod config;
+#[deny(missing_docs)]
+pub mod devsetup;
+#[deny(missing_docs)]
 pub mod error;
 #[deny(missing_docs)]
 pub mod fsutil;
@@ -45,6 +49,8 @@ pub mod pki;
 pub mod repo;
 #[deny(missing_docs)]
 pub mod routes;
+#[deny(missing_docs)]
+pub mod run;
 #[deny(missing_docs)]
 pub mod serve;
 #[deny(missing_docs)]

@@ -1,0 +1,185 @@
+//! The server's configuration: a TOML file for production, or defaults under a data
+//! directory for development (`--dev`). Every path, address and limit is set here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::Limits;
+use crate::repo::RepoPolicy;
+use crate::tls::{MinTlsVersion, TlsSettings};
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the store, blobs and (in development) keys and PKI live.
+    pub data_dir: PathBuf,
+    /// Development mode: the server makes its own PKI and TUF keys and holds the targets
+    /// key. CAUTION: never in production, where targets are signed offline with ota-keys.
+    #[serde(default)]
+    pub dev: bool,
+    /// TLS material. Required unless `dev`.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// TUF keys and the initial repository. Required unless `dev`.
+    #[serde(default)]
+    pub tuf: Option<TufConfig>,
+    /// Transport limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Expiry and re-signing of what the server signs.
+    #[serde(default)]
+    pub repo_policy: RepoPolicy,
+    /// Device-facing behaviour.
+    #[serde(default)]
+    pub devices: DeviceSettings,
+}
+
+/// TUF material for production.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TufConfig {
+    /// A repository directory made by `ota-keys init` (its `metadata/` holds the root chain
+    /// and the first targets); imported on first start.
+    pub repository_dir: PathBuf,
+    /// The snapshot key file (ota-keys format, encrypted).
+    pub snapshot_key: PathBuf,
+    /// The timestamp key file.
+    pub timestamp_key: PathBuf,
+    /// A file holding the passphrase of both online keys (mode 0600).
+    pub passphrase_file: PathBuf,
+}
+
+/// Device-facing settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// Seconds between polls the server asks for (jittered per device).
+    pub poll_interval_secs: u64,
+    /// How often last-seen times kept in memory are written to the store.
+    pub last_seen_flush_secs: u64,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            poll_interval_secs: 300,
+            last_seen_flush_secs: 30,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+
+impl ServerConfig {
+    /// Development defaults under `data_dir`.
+    pub fn dev(data_dir: &Path) -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            data_dir: data_dir.to_path_buf(),
+            dev: true,
+            tls: None,
+            tuf: None,
+            limits: Limits::default(),
+            repo_policy: RepoPolicy::default(),
+            devices: DeviceSettings::default(),
+        }
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: ServerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if !self.dev && (self.tls.is_none() || self.tuf.is_none()) {
+            return Err(ConfigError::Invalid(
+                "production mode needs [tls] and [tuf] sections (or set dev = true for a development server)".into(),
+            ));
+        }
+        if self.repo_policy.timestamp_lifetime_secs < 2 {
+            return Err(ConfigError::Invalid(
+                "repo_policy.timestamp_lifetime_secs must be at least 2".into(),
+            ));
+        }
+        if self.devices.poll_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "devices.poll_interval_secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// TLS settings in development mode (from the development PKI).
+    pub fn dev_tls(pki: &crate::pki::DevPki) -> TlsSettings {
+        let mut s = pki.tls_settings();
+        s.min_version = MinTlsVersion::Tls13;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_needs_tls_and_tuf() {
+        let cfg: ServerConfig = toml::from_str("data_dir = \"/x\"").unwrap();
+        assert!(cfg.validate().is_err());
+        let cfg: ServerConfig = toml::from_str("data_dir = \"/x\"\ndev = true").unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(
+            toml::from_str::<ServerConfig>("data_dir = \"/x\"\nlisten_addr = \"1.2.3.4:5\"")
+                .is_err()
+        );
+    }
+}
