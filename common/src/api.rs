@@ -127,24 +127,9 @@ pub struct AnomalyBatch {
     pub anomalies: Vec<AnomalyReport>,
 }
 
-/// One operation-log record as the device keeps and uploads it (hash-chained).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OplogRecord {
-    /// Dense sequence number from 1.
-    pub seq: u64,
-    /// When it was written.
-    pub at: DateTime<Utc>,
-    /// Step kind (`poll`, `metadata`, `download_start`, `download_resume`, `verify`,
-    /// `install`, `reboot`, `health`, `commit`, `rollback`, `wipe`, `anomaly`, ...).
-    pub kind: String,
-    /// Structured detail.
-    #[serde(default)]
-    pub detail: Value,
-    /// Hash of the previous record (hex), or 64 zeros for the first.
-    pub prev_hash: String,
-    /// SHA-256 (hex) of this record's canonical JSON without `hash`.
-    pub hash: String,
-}
+/// One operation-log record as the device keeps and uploads it (hash-chained); see
+/// [`crate::oplog`] for the format and the chain rules.
+pub use crate::oplog::OpRecord as OplogRecord;
 
 /// A batch of operation-log records, oldest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@
 //! Every fetched file is bounded in size before it is parsed (endless data).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256, Sha512};
@@ -906,16 +907,23 @@ impl TrustedRepository {
             return Some((t, "targets"));
         }
         let mut visited = BTreeSet::new();
-        self.search(&self.targets, name, &mut visited)
+        match self.search(&self.targets, name, &mut visited) {
+            ControlFlow::Break(found) => found,
+            ControlFlow::Continue(()) => None,
+        }
     }
 
+    /// `Break` ends the whole search (found, or a terminating role reached at any depth:
+    /// spec 5.6.7.2.1, python-tuf clears its entire stack); `Continue` tries the next role.
     fn search<'a>(
         &'a self,
         delegator: &'a Targets,
         name: &str,
         visited: &mut BTreeSet<&'a str>,
-    ) -> Option<(&'a TargetFile, &'a str)> {
-        let delegations = delegator.delegations.as_ref()?;
+    ) -> ControlFlow<Option<(&'a TargetFile, &'a str)>> {
+        let Some(delegations) = delegator.delegations.as_ref() else {
+            return ControlFlow::Continue(());
+        };
         for role in &delegations.roles {
             if !role.is_trusted_for(name) {
                 continue;
@@ -923,18 +931,16 @@ impl TrustedRepository {
             if visited.insert(role.name.as_str()) {
                 if let Some(meta) = self.delegated.get(&role.name) {
                     if let Some(t) = meta.targets.get(name) {
-                        return Some((t, role.name.as_str()));
+                        return ControlFlow::Break(Some((t, role.name.as_str())));
                     }
-                    if let Some(found) = self.search(meta, name, visited) {
-                        return Some(found);
-                    }
+                    self.search(meta, name, visited)?;
                 }
             }
             if role.terminating {
-                return None;
+                return ControlFlow::Break(None);
             }
         }
-        None
+        ControlFlow::Continue(())
     }
 
     /// Every target a client would accept, with the trust rules of [`Self::find_target`]
@@ -948,5 +954,111 @@ impl TrustedRepository {
             .into_iter()
             .filter_map(|n| self.find_target(n).map(|(t, _)| (n, t)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::signed::sign_role;
+    use chrono::TimeZone;
+
+    fn role(name: &str, key: &SigningKey, terminating: bool) -> DelegatedRole {
+        DelegatedRole {
+            name: name.into(),
+            keyids: vec![key.key_id()],
+            threshold: 1,
+            terminating,
+            paths: Some(vec!["fw/*".into()]),
+            path_hash_prefixes: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn delegating(children: &[(&str, &SigningKey, bool)]) -> Targets {
+        let far = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+        let mut t = Targets::new(1, far);
+        t.delegations = Some(crate::metadata::Delegations {
+            keys: children
+                .iter()
+                .map(|(_, k, _)| (k.key_id(), k.public()))
+                .collect(),
+            roles: children
+                .iter()
+                .map(|(n, k, term)| role(n, k, *term))
+                .collect(),
+            extra: BTreeMap::new(),
+        });
+        t
+    }
+
+    #[test]
+    fn a_nested_terminating_role_ends_the_whole_search() {
+        // targets -> a -> a1 (terminating); targets -> b, which lists fw/x.bin. a1 covers
+        // fw/x.bin, so the search stops there and b is never consulted.
+        let far = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+        let k = SigningKey::from_seed(&[1; 32]);
+        let (ka, ka1, kb) = (
+            SigningKey::from_seed(&[2; 32]),
+            SigningKey::from_seed(&[3; 32]),
+            SigningKey::from_seed(&[4; 32]),
+        );
+        let mut root = Root::new(1, far);
+        for r in [
+            RoleType::Root,
+            RoleType::Timestamp,
+            RoleType::Snapshot,
+            RoleType::Targets,
+        ] {
+            root.set_role(r, &[k.public()], 1).unwrap();
+        }
+        let top = delegating(&[("a", &ka, false), ("b", &kb, false)]);
+        let a = delegating(&[("a1", &ka1, true)]);
+        let a1 = Targets::new(1, far);
+        let mut b = Targets::new(1, far);
+        let file = TargetFile {
+            length: 1,
+            hashes: BTreeMap::from([("sha256".into(), "00".into())]),
+            custom: None,
+            extra: BTreeMap::new(),
+        };
+        b.targets.insert("fw/x.bin".into(), file);
+        let mut snapshot = Snapshot::new(1, far);
+        for name in ["targets", "a", "a1", "b"] {
+            snapshot
+                .meta
+                .insert(format!("{name}.json"), MetaFile::version_only(1));
+        }
+        let timestamp = Timestamp::new(1, far, MetaFile::version_only(1));
+        let files: BTreeMap<String, Vec<u8>> = BTreeMap::from([
+            (
+                "timestamp.json".into(),
+                sign_role(&timestamp, &[&k]).unwrap(),
+            ),
+            (
+                "1.snapshot.json".into(),
+                sign_role(&snapshot, &[&k]).unwrap(),
+            ),
+            ("1.targets.json".into(), sign_role(&top, &[&k]).unwrap()),
+            ("1.a.json".into(), sign_role(&a, &[&ka]).unwrap()),
+            ("1.a1.json".into(), sign_role(&a1, &[&ka1]).unwrap()),
+            ("1.b.json".into(), sign_role(&b, &[&kb]).unwrap()),
+        ]);
+        let local = LocalMetadata {
+            root: sign_role(&root, &[&k]).unwrap(),
+            ..LocalMetadata::default()
+        };
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let trusted = refresh_with(local, now, ClientLimits::default(), |req| {
+            Ok::<_, std::convert::Infallible>(match files.get(&req.file) {
+                Some(b) => FetchResponse::Found(b.clone()),
+                None => FetchResponse::NotFound,
+            })
+        })
+        .unwrap();
+        assert!(trusted.delegated()["b"].targets.contains_key("fw/x.bin"));
+        assert_eq!(trusted.find_target("fw/x.bin"), None);
+        assert!(trusted.all_targets().is_empty());
     }
 }

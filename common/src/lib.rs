@@ -11,6 +11,7 @@
 //! - [`verify`]: threshold verification returning [`verify::Verified`], a proof type.
 //! - [`client`]: the TUF client workflow (spec section 5) as a sans-I/O state machine.
 //! - [`target`]: safe target names and streaming verification of image bytes.
+//! - [`oplog`]: the operation-log record format and its hash chain.
 //! - [`release`]: ota's release fields (version, hardware, support period) and the rule
 //!   that picks a device's image, anti-rollback included.
 //!
@@ -26,6 +27,7 @@ pub mod cjson;
 pub mod client;
 pub mod keys;
 pub mod metadata;
+pub mod oplog;
 pub mod release;
 pub mod signed;
 pub mod target;
