@@ -25,7 +25,13 @@
 
 pub mod anomaly_queue;
 pub mod boot;
+pub mod config;
+pub mod cycle;
 pub mod fsutil;
+pub mod health;
+pub mod metadata_store;
 pub mod oplog;
+pub mod progress;
 pub mod slots;
 pub mod state;
+pub mod transport;
