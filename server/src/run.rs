@@ -226,6 +226,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = prepared.state.clone();
+    // Uploads cut by a crash leave temp files; they were never visible, so drop them.
+    match state.blobs.sweep_temp().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed unfinished uploads left by an earlier stop"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep unfinished uploads"),
+    }
     let resign = tokio::spawn(resign_loop(state.clone()));
     let app = router(state.clone());
     let result = serve_with_metrics(
