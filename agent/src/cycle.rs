@@ -204,10 +204,10 @@ pub fn bootloader(cfg: &BootloaderConfig) -> Result<Box<dyn Bootloader + Send>, 
     })
 }
 
-/// Test hook: with the `crash-points` feature, `OTA_AGENT_CRASH_AT=<name>` aborts the
+/// Test hook: with the `test-hooks` feature, `OTA_AGENT_CRASH_AT=<name>` aborts the
 /// process at that step boundary, as a power cut would (no cleanup, no flush).
 fn crash_point(name: &str) {
-    #[cfg(feature = "crash-points")]
+    #[cfg(feature = "test-hooks")]
     if std::env::var("OTA_AGENT_CRASH_AT").is_ok_and(|v| v == name) {
         eprintln!("crash point {name}: aborting");
         std::process::abort();

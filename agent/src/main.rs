@@ -72,6 +72,17 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The clock, read once per cycle and passed down. With the `test-hooks` feature,
+/// `OTA_AGENT_TEST_TIME_OFFSET_SECS` shifts it (expiry tests).
+fn now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    #[cfg(feature = "test-hooks")]
+    if let Some(off) = std::env::var("OTA_AGENT_TEST_TIME_OFFSET_SECS").ok().and_then(|v| v.parse::<i64>().ok()) {
+        return now + chrono::Duration::seconds(off);
+    }
+    now
+}
+
 fn run(cli: Cli) -> Result<ExitCode, BoxError> {
     let cfg = AgentConfig::from_file(&cli.config)?;
     match cli.command {
@@ -105,8 +116,8 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let mut agent = Agent::open(cfg, chrono::Utc::now())?;
-                let outcome = agent.run_once(chrono::Utc::now()).await?;
+                let mut agent = Agent::open(cfg, now())?;
+                let outcome = agent.run_once(now()).await?;
                 println!("{}", serde_json::to_string(&outcome)?);
                 if let Outcome::RebootRequested { .. } | Outcome::RolledBack { reboot: true, .. } =
                     outcome
@@ -133,10 +144,10 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
 
 async fn daemon(cfg: AgentConfig) -> Result<ExitCode, BoxError> {
     let poll = cfg.poll.clone();
-    let mut agent = Agent::open(cfg, chrono::Utc::now())?;
+    let mut agent = Agent::open(cfg, now())?;
     let mut backoff = Duration::from_secs(5);
     loop {
-        let outcome = agent.run_once(chrono::Utc::now()).await?;
+        let outcome = agent.run_once(now()).await?;
         tracing::info!(?outcome, "cycle done");
         let wait = match &outcome {
             Outcome::RebootRequested { .. } | Outcome::RolledBack { reboot: true, .. } => {
@@ -183,12 +194,12 @@ fn jitter(d: Duration, percent: u8) -> Duration {
     if spread == 0 {
         return d;
     }
-    let noise = u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % (2 * spread + 1);
+    let noise = u64::from(now().timestamp_subsec_nanos()) % (2 * spread + 1);
     Duration::from_millis((d.as_millis() as u64 + noise).saturating_sub(spread))
 }
 
 fn status(cfg: AgentConfig, json: bool) -> Result<ExitCode, BoxError> {
-    let agent = Agent::open(cfg, chrono::Utc::now())?;
+    let agent = Agent::open(cfg, now())?;
     let state = agent.state();
     let boot = agent.boot().state()?;
     let anomalies = agent.pending_anomalies()?;
