@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::AuditLog;
 use crate::auth::{HasTokens, Tokens};
 use crate::blobs::BlobStore;
+use crate::devices::Devices;
 use crate::limits::Limits;
 use crate::metrics::{inc, Metrics};
 use crate::pki::DevPki;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Whether the server holds the targets key (development mode).
     pub dev_mode: bool,
+    /// The device registry (status, inventory, reports).
+    pub devices: Arc<Devices>,
 }
 
 impl AppState {
@@ -63,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::publish::routes(&state.limits))
         .merge(crate::routes::health::routes())
         .merge(crate::routes::admin::routes())
+        .merge(crate::routes::device::routes())
+        .merge(crate::routes::operator::routes())
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let metrics = Arc::clone(&metrics);
             async move { count(metrics, req, next).await }

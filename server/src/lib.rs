@@ -32,6 +32,8 @@ pub mod blobs;
 #[deny(missing_docs)]
 pub mod config;
 #[deny(missing_docs)]
+pub mod devices;
+#[deny(missing_docs)]
 pub mod devsetup;
 #[deny(missing_docs)]
 pub mod error;
@@ -44,6 +46,8 @@ pub mod limits;
 #[deny(missing_docs)]
 pub mod metrics;
 #[deny(missing_docs)]
+pub mod oplog_chain;
+#[deny(missing_docs)]
 pub mod pki;
 #[deny(missing_docs)]
 pub mod repo;
@@ -51,6 +55,8 @@ pub mod repo;
 pub mod routes;
 #[deny(missing_docs)]
 pub mod run;
+#[deny(missing_docs)]
+pub mod rollout;
 #[deny(missing_docs)]
 pub mod serve;
 #[deny(missing_docs)]

@@ -14,6 +14,7 @@ use crate::audit::AuditLog;
 use crate::auth::{Role, Tokens};
 use crate::blobs::BlobStore;
 use crate::config::ServerConfig;
+use crate::devices::{DeviceConfig, Devices};
 use crate::metrics::{inc, Metrics};
 use crate::pki::DevPki;
 use crate::repo::{OnlineKeys, Repository};
@@ -158,7 +159,14 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         }
         admin_token_file = Some(path);
     }
+    let device_config = DeviceConfig {
+        poll_interval_secs: cfg.devices.poll_interval_secs,
+        ..DeviceConfig::default()
+    };
+    let devices = Devices::open(Arc::clone(&store), device_config)
+        .map_err(|e| fail("opening the device registry")(e.to_string()))?;
     let state = AppState {
+        devices: Arc::new(devices),
         repo: Arc::new(repo),
         blobs,
         store,
@@ -223,6 +231,7 @@ pub async fn run(
     prepared: Prepared,
     listener: TcpListener,
     limits: crate::limits::Limits,
+    last_seen_flush_secs: u64,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = prepared.state.clone();
@@ -233,6 +242,14 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not sweep unfinished uploads"),
     }
     let resign = tokio::spawn(resign_loop(state.clone()));
+    // Last-seen times are kept in memory on the poll path and written in batches.
+    let (flush_stop, flush_rx) = tokio::sync::oneshot::channel::<()>();
+    let flusher = state.devices.spawn_last_seen_flusher(
+        std::time::Duration::from_secs(last_seen_flush_secs.max(1)),
+        async {
+            let _ = flush_rx.await;
+        },
+    );
     let app = router(state.clone());
     let result = serve_with_metrics(
         listener,
@@ -244,6 +261,9 @@ pub async fn run(
     )
     .await;
     resign.abort();
+    let _ = flush_stop.send(());
+    // The flusher writes once more on its way out.
+    let _ = flusher.await;
     let _ = state.store.flush();
     result
 }

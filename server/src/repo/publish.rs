@@ -299,12 +299,9 @@ impl Repository {
                 ));
             }
         }
-        let snap_due = view.snapshot_signed.expires
-            - chrono::Duration::seconds(
-                (self.policy.snapshot_lifetime_secs as i64)
-                    * i64::from(self.policy.resign_when_left_percent.min(100))
-                    / 100,
-            );
+        let snap_due = self
+            .policy
+            .due(view.snapshot_signed.expires, self.policy.snapshot_lifetime_secs);
         let (snap_version, snap_bytes) =
             if now >= snap_due || targets_version != view.targets_signed.version {
                 let v = view.snapshot_signed.version + 1;
@@ -343,13 +340,7 @@ impl Repository {
 
     fn targets_due(&self, t: &Targets, now: DateTime<Utc>) -> bool {
         self.keys.targets.is_some()
-            && t.expires
-                - chrono::Duration::seconds(
-                    (self.policy.targets_lifetime_secs as i64)
-                        * i64::from(self.policy.resign_when_left_percent.min(100))
-                        / 100,
-                )
-                <= now
+            && self.policy.due(t.expires, self.policy.targets_lifetime_secs) <= now
     }
 
     /// Adds a new root version (key rotation), signed by a threshold of the current root's

@@ -64,6 +64,10 @@ impl RepoPolicy {
     pub fn targets_expiry(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now + secs(self.targets_lifetime_secs)
     }
+    /// When a document expiring at `expires`, with this lifetime, is due for re-signing.
+    pub fn due(&self, expires: DateTime<Utc>, lifetime_secs: u64) -> DateTime<Utc> {
+        expires - self.margin(lifetime_secs)
+    }
     fn margin(&self, lifetime_secs: u64) -> Duration {
         secs(lifetime_secs.saturating_mul(u64::from(self.resign_when_left_percent.min(100))) / 100)
     }
@@ -71,8 +75,8 @@ impl RepoPolicy {
 
 /// When the timestamp or snapshot next needs re-signing.
 pub fn resign_due(ts: &Timestamp, snap: &Snapshot, policy: &RepoPolicy) -> DateTime<Utc> {
-    let ts_due = ts.expires - policy.margin(policy.timestamp_lifetime_secs);
-    let snap_due = snap.expires - policy.margin(policy.snapshot_lifetime_secs);
+    let ts_due = policy.due(ts.expires, policy.timestamp_lifetime_secs);
+    let snap_due = policy.due(snap.expires, policy.snapshot_lifetime_secs);
     ts_due.min(snap_due)
 }
 
