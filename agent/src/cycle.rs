@@ -333,7 +333,7 @@ impl Agent {
             progress_bytes: None,
             total_bytes: Some(p.length),
             detail,
-            deployment: None,
+            deployment: p.deployment.clone(),
             at: now,
         };
         self.outbox.push(&report)?;
@@ -508,6 +508,11 @@ impl Agent {
                     length: file.length,
                     slot,
                     phase: Phase::Downloading,
+                    deployment: poll
+                        .update
+                        .as_ref()
+                        .filter(|d| d.target == name)
+                        .and_then(|d| d.deployment.clone()),
                     resume_offset: 0,
                 };
                 self.state.abandon_pending();

@@ -119,6 +119,9 @@ pub struct PendingUpdate {
     pub slot: Slot,
     /// How far it got.
     pub phase: Phase,
+    /// The server deployment that asked for this update, echoed in reports.
+    #[serde(default)]
+    pub deployment: Option<String>,
     /// Bytes of the image durably in the slot (a [`crate::slots::SlotWriter::checkpoint`]
     /// result): where a download resumes, with an HTTP Range request.
     #[serde(default)]
@@ -493,6 +496,7 @@ mod tests {
             length: 4096,
             slot: Slot::B,
             phase: Phase::Downloading,
+            deployment: None,
             resume_offset: 0,
         }
     }
