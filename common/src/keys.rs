@@ -193,8 +193,8 @@ impl Verifier {
                 key.verify(msg, &sig).map_err(|_| KeyError::BadSignature)
             }
             Verifier::RsaPss(key) => {
-                // Salt length is recovered from the signature, as securesystemslib's
-                // verifier does (it signs with the digest length, others use the maximum).
+                // Salt length = digest length (32 bytes), which is what securesystemslib
+                // and other TUF signers use for rsassa-pss-sha256.
                 let hashed = Sha256::digest(msg);
                 key.verify(rsa::Pss::new::<Sha256>(), &hashed, sig)
                     .map_err(|_| KeyError::BadSignature)

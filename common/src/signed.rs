@@ -97,7 +97,8 @@ impl RawSigned {
     }
 }
 
-/// Builds a signed envelope: canonical bytes of `{"signatures": [...], "signed": ...}`.
+/// Builds a signed envelope: compact JSON `{"signatures": [...], "signed": ...}`, keys sorted
+/// (canonical form, except that control characters are escaped so the file is valid JSON).
 #[cfg(feature = "sign")]
 pub fn sign_role<T: Role>(
     signed: &T,
@@ -140,7 +141,11 @@ fn envelope_bytes(signed: Value, signatures: Vec<Signature>) -> Result<Vec<u8>, 
     }
     let out = serde_json::to_value(Out { signatures, signed })
         .map_err(|e| MetadataError::Envelope(e.to_string()))?;
-    Ok(cjson::to_canonical(&out)?)
+    // The file must be valid JSON: canonical form writes control characters raw (a PEM
+    // key's newlines, say), which JSON parsers, ours included, refuse. Only the signed
+    // message needs canonical form; serde_json writes the same sorted, compact bytes but
+    // escapes control characters.
+    serde_json::to_vec(&out).map_err(|e| MetadataError::Envelope(e.to_string()))
 }
 
 #[cfg(test)]
@@ -161,6 +166,31 @@ mod tests {
             RawSigned::parse(br#"{"signed": 3, "signatures": []}"#),
             Err(MetadataError::Envelope(_))
         ));
+    }
+
+    #[cfg(feature = "sign")]
+    #[test]
+    fn signed_files_with_control_characters_parse_and_verify() {
+        // A PEM key carries newlines; canonical form would write them raw (invalid JSON).
+        let k = crate::keys::SigningKey::from_seed(&[5; 32]);
+        let far = chrono::DateTime::from_timestamp(4_000_000_000, 0).unwrap();
+        let mut t = crate::metadata::Targets::new(1, far);
+        t.extra
+            .insert("notes".into(), serde_json::json!("line1\nline2\t\u{1}"));
+        let bytes = sign_role(&t, &[&k]).unwrap();
+        let raw = RawSigned::parse(&bytes).unwrap();
+        assert_eq!(raw.decode::<crate::metadata::Targets>().unwrap(), t);
+        let msg = raw.canonical_signed().unwrap();
+        k.public().verify(&msg, &raw.signatures()[0].sig).unwrap();
+        // Re-signing keeps the file valid too.
+        let k2 = crate::keys::SigningKey::from_seed(&[6; 32]);
+        let raw = RawSigned::parse(&add_signature(&raw, &k2).unwrap()).unwrap();
+        assert_eq!(raw.signatures().len(), 2);
+        // Without control characters the file is exactly the canonical form.
+        let plain = crate::metadata::Targets::new(1, far);
+        let bytes = sign_role(&plain, &[&k]).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(cjson::to_canonical(&v).unwrap(), bytes);
     }
 
     #[test]
