@@ -1,4 +1,4 @@
-//! `/healthz` and `/metrics`.
+//! `/healthz`, `/metrics` and the OpenAPI document.
 
 use axum::extract::State;
 use axum::http::header;
@@ -14,6 +14,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.yaml", get(openapi))
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
@@ -35,6 +36,13 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             "targets_version": view.targets_signed.version,
         })),
     )
+}
+
+/// The OpenAPI document of the JSON API (kept beside the code in `server/api/`).
+const OPENAPI: &str = include_str!("../../api/openapi.yaml");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
