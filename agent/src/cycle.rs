@@ -394,6 +394,19 @@ impl Agent {
                 self.save()?;
             }
         }
+        // Still running a slot that was abandoned (health gate failed, reboot not done
+        // yet): the "inactive" slot is the confirmed one the next boot falls back to, and
+        // must never be overwritten. Ask for the reboot again instead.
+        let boot = self.boot.state()?;
+        if boot.booted_slot != boot.default_slot {
+            return Ok(Outcome::RolledBack {
+                reason: format!(
+                    "running abandoned slot {}; waiting for the reboot into {}",
+                    boot.booted_slot, boot.default_slot
+                ),
+                reboot: true,
+            });
+        }
 
         // 2. Poll.
         let poll = match self.poll(now).await {
@@ -401,6 +414,11 @@ impl Agent {
             Err(outcome) => return Ok(outcome),
         };
         crash_point("after_poll");
+        if poll.hold && poll.update.is_none() {
+            // Updates come through deployments and this device's turn has not come.
+            self.log(now, OpKind::Poll, json!({"result": "held_by_server"}))?;
+            return Ok(Outcome::UpToDate);
+        }
 
         // 3. Refresh metadata (TUF workflow).
         let repo = match self.refresh(now).await? {

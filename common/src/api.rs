@@ -40,6 +40,11 @@ pub struct PollResponse {
     pub update: Option<UpdateDirective>,
     /// When to poll next, in seconds (the server spreads load and backs devices off).
     pub poll_after_secs: u64,
+    /// When true and `update` is empty, install nothing now: the fleet is updated through
+    /// deployments (phased rollouts), and this device's turn has not come. When false, a
+    /// device without a directive may install the newest release that fits it.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// Which target a device should move to.

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::AuditLog;
 use crate::auth::{HasTokens, Tokens};
 use crate::blobs::BlobStore;
+use crate::deployments::Fleet;
 use crate::devices::Devices;
 use crate::limits::Limits;
 use crate::metrics::{inc, Metrics};
@@ -44,6 +45,8 @@ pub struct AppState {
     pub dev_mode: bool,
     /// The device registry (status, inventory, reports).
     pub devices: Arc<Devices>,
+    /// Groups, deployments, the fleet summary and detectors (see [`crate::deployments`]).
+    pub fleet: Arc<Fleet>,
 }
 
 impl AppState {
@@ -68,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::admin::routes())
         .merge(crate::routes::device::routes())
         .merge(crate::routes::operator::routes())
+        .merge(crate::routes::fleet::routes())
+        .merge(crate::ui::routes())
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let metrics = Arc::clone(&metrics);
             async move { count(metrics, req, next).await }

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// Device-facing behaviour.
     #[serde(default)]
     pub devices: DeviceSettings,
+    /// Deployments and fleet detectors (`[fleet]`: tick interval, silence rule).
+    #[serde(default)]
+    pub fleet: crate::deployments::FleetConfig,
 }
 
 /// TUF material for production.
@@ -80,10 +83,25 @@ pub struct TufConfig {
     pub passphrase_file: PathBuf,
 }
 
+/// How devices learn what to install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutMode {
+    /// Devices install only what a deployment sends them (phased rollouts, auto-pause).
+    /// The default in production.
+    Deployments,
+    /// Devices install the newest release that fits them as soon as it is published. The
+    /// default in development mode, so that one publish updates a test device.
+    Latest,
+}
+
 /// Device-facing settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeviceSettings {
+    /// `deployments` or `latest`; unset: `latest` in development mode, `deployments`
+    /// otherwise.
+    pub rollout: Option<RolloutMode>,
     /// Seconds between polls the server asks for (jittered per device).
     pub poll_interval_secs: u64,
     /// How often last-seen times kept in memory are written to the store.
@@ -93,6 +111,7 @@ pub struct DeviceSettings {
 impl Default for DeviceSettings {
     fn default() -> Self {
         DeviceSettings {
+            rollout: None,
             poll_interval_secs: 300,
             last_seen_flush_secs: 30,
         }
@@ -115,6 +134,7 @@ impl ServerConfig {
             limits: Limits::default(),
             repo_policy: RepoPolicy::default(),
             devices: DeviceSettings::default(),
+            fleet: crate::deployments::FleetConfig::default(),
         }
     }
 
@@ -130,6 +150,15 @@ impl ServerConfig {
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The rollout mode in force (see [`DeviceSettings::rollout`]).
+    pub fn rollout_mode(&self) -> RolloutMode {
+        self.devices.rollout.unwrap_or(if self.dev {
+            RolloutMode::Latest
+        } else {
+            RolloutMode::Deployments
+        })
     }
 
     /// Checks cross-field rules.
@@ -152,6 +181,7 @@ impl ServerConfig {
                 "devices.poll_interval_secs must be at least 1".into(),
             ));
         }
+        self.fleet.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -74,6 +74,29 @@ impl From<axum::extract::rejection::JsonRejection> for ApiFailure {
     }
 }
 
+impl From<axum::extract::rejection::BytesRejection> for ApiFailure {
+    fn from(e: axum::extract::rejection::BytesRejection) -> Self {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        };
+        ApiFailure::new(e.status(), code, e.body_text())
+    }
+}
+
+/// Whether an error (or one of its causes) is a body-size limit being hit.
+pub fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Runs blocking store work off the async threads.
 pub async fn blocking<T, F>(context: &'static str, f: F) -> Result<T, ApiFailure>
 where

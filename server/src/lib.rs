@@ -32,6 +32,8 @@ pub mod blobs;
 #[deny(missing_docs)]
 pub mod config;
 #[deny(missing_docs)]
+pub mod deployments;
+#[deny(missing_docs)]
 pub mod devices;
 #[deny(missing_docs)]
 pub mod devsetup;
@@ -52,14 +54,16 @@ pub mod pki;
 #[deny(missing_docs)]
 pub mod repo;
 #[deny(missing_docs)]
+pub mod rollout;
+#[deny(missing_docs)]
 pub mod routes;
 #[deny(missing_docs)]
 pub mod run;
-#[deny(missing_docs)]
-pub mod rollout;
 #[deny(missing_docs)]
 pub mod serve;
 #[deny(missing_docs)]
 pub mod store;
 #[deny(missing_docs)]
 pub mod tls;
+#[deny(missing_docs)]
+pub mod ui;

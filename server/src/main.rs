@@ -183,7 +183,14 @@ fn serve(cfg: ServerConfig) -> Result<(), BoxError> {
         let addr = listener.local_addr()?;
         print_welcome(&cfg, &prepared, addr);
         let limits = cfg.limits.clone();
-        ota_server::run::run(prepared, listener, limits, cfg.devices.last_seen_flush_secs, shutdown_signal()).await?;
+        ota_server::run::run(
+            prepared,
+            listener,
+            limits,
+            cfg.devices.last_seen_flush_secs,
+            shutdown_signal(),
+        )
+        .await?;
         tracing::info!("shut down cleanly");
         Ok(())
     })

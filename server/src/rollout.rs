@@ -80,7 +80,9 @@ impl RolloutPolicy {
             last = p.percent;
         }
         if self.failure_threshold_percent == 0 || self.failure_threshold_percent > 100 {
-            return Err(PolicyError("failure_threshold_percent must be within 1..=100".into()));
+            return Err(PolicyError(
+                "failure_threshold_percent must be within 1..=100".into(),
+            ));
         }
         Ok(())
     }
@@ -165,7 +167,8 @@ pub fn next_step(
     let Some(spec) = policy.phases.get(phase) else {
         return Step::Complete;
     };
-    let waited = now - since >= Duration::seconds(i64::try_from(spec.min_wait_secs).unwrap_or(i64::MAX / 1000));
+    let waited = now - since
+        >= Duration::seconds(i64::try_from(spec.min_wait_secs).unwrap_or(i64::MAX / 1000));
     // Advance only when the devices started in this phase have mostly finished: a phase
     // with installs still running is not yet known to be healthy.
     let settled = counts.started == 0 || finished * 2 >= counts.started;
@@ -188,9 +191,18 @@ mod tests {
     fn policy() -> RolloutPolicy {
         RolloutPolicy {
             phases: vec![
-                PhaseSpec { percent: 10, min_wait_secs: 60 },
-                PhaseSpec { percent: 50, min_wait_secs: 60 },
-                PhaseSpec { percent: 100, min_wait_secs: 0 },
+                PhaseSpec {
+                    percent: 10,
+                    min_wait_secs: 60,
+                },
+                PhaseSpec {
+                    percent: 50,
+                    min_wait_secs: 60,
+                },
+                PhaseSpec {
+                    percent: 100,
+                    min_wait_secs: 0,
+                },
             ],
             failure_threshold_percent: 20,
             min_devices: 5,
@@ -228,11 +240,19 @@ mod tests {
     #[test]
     fn advances_after_wait_when_settled() {
         let p = policy();
-        let c = PhaseCounts { started: 10, succeeded: 10, failed: 0 };
+        let c = PhaseCounts {
+            started: 10,
+            succeeded: 10,
+            failed: 0,
+        };
         assert_eq!(next_step(&p, 0, t(0), &c, t(30)), Step::Stay);
         assert_eq!(next_step(&p, 0, t(0), &c, t(61)), Step::Advance { to: 1 });
         assert_eq!(next_step(&p, 2, t(0), &c, t(0)), Step::Complete);
-        let busy = PhaseCounts { started: 10, succeeded: 2, failed: 0 };
+        let busy = PhaseCounts {
+            started: 10,
+            succeeded: 2,
+            failed: 0,
+        };
         assert_eq!(next_step(&p, 0, t(0), &busy, t(600)), Step::Stay);
     }
 
@@ -240,11 +260,26 @@ mod tests {
     fn pauses_on_failure_rate_after_minimum() {
         let p = policy();
         // 2 of 3 failed, but fewer than min_devices finished: keep watching.
-        let few = PhaseCounts { started: 3, succeeded: 1, failed: 2 };
+        let few = PhaseCounts {
+            started: 3,
+            succeeded: 1,
+            failed: 2,
+        };
         assert_eq!(next_step(&p, 0, t(0), &few, t(10)), Step::Stay);
-        let many = PhaseCounts { started: 10, succeeded: 4, failed: 1 };
-        assert!(matches!(next_step(&p, 0, t(0), &many, t(10)), Step::Pause { .. }));
-        let ok = PhaseCounts { started: 10, succeeded: 9, failed: 1 };
+        let many = PhaseCounts {
+            started: 10,
+            succeeded: 4,
+            failed: 1,
+        };
+        assert!(matches!(
+            next_step(&p, 0, t(0), &many, t(10)),
+            Step::Pause { .. }
+        ));
+        let ok = PhaseCounts {
+            started: 10,
+            succeeded: 9,
+            failed: 1,
+        };
         assert_eq!(next_step(&p, 0, t(0), &ok, t(10)), Step::Stay);
     }
 

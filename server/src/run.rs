@@ -14,6 +14,7 @@ use crate::audit::AuditLog;
 use crate::auth::{Role, Tokens};
 use crate::blobs::BlobStore;
 use crate::config::ServerConfig;
+use crate::deployments::Fleet;
 use crate::devices::{DeviceConfig, Devices};
 use crate::metrics::{inc, Metrics};
 use crate::pki::DevPki;
@@ -161,12 +162,25 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     }
     let device_config = DeviceConfig {
         poll_interval_secs: cfg.devices.poll_interval_secs,
+        directed_updates: cfg.rollout_mode() == crate::config::RolloutMode::Deployments,
         ..DeviceConfig::default()
     };
-    let devices = Devices::open(Arc::clone(&store), device_config)
-        .map_err(|e| fail("opening the device registry")(e.to_string()))?;
+    let devices = Arc::new(
+        Devices::open(Arc::clone(&store), device_config)
+            .map_err(|e| fail("opening the device registry")(e.to_string()))?,
+    );
+    // Loads every device record into the registry's cache and counts the fleet once.
+    let fleet = Fleet::open(
+        Arc::clone(&store),
+        Arc::clone(&audit),
+        Arc::clone(&devices),
+        cfg.fleet.clone(),
+        now,
+    )
+    .map_err(|e| fail("opening groups and deployments")(e.to_string()))?;
     let state = AppState {
-        devices: Arc::new(devices),
+        devices,
+        fleet: Arc::new(fleet),
         repo: Arc::new(repo),
         blobs,
         store,
@@ -238,7 +252,10 @@ pub async fn run(
     // Uploads cut by a crash leave temp files; they were never visible, so drop them.
     match state.blobs.sweep_temp().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed unfinished uploads left by an earlier stop"),
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed unfinished uploads left by an earlier stop"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not sweep unfinished uploads"),
     }
     let resign = tokio::spawn(resign_loop(state.clone()));
@@ -250,6 +267,11 @@ pub async fn run(
             let _ = flush_rx.await;
         },
     );
+    // Phase ticks and the silent-device detector.
+    let (fleet_stop, fleet_rx) = tokio::sync::oneshot::channel::<()>();
+    let fleet_task = state.fleet.spawn_background(async {
+        let _ = fleet_rx.await;
+    });
     let app = router(state.clone());
     let result = serve_with_metrics(
         listener,
@@ -262,6 +284,8 @@ pub async fn run(
     .await;
     resign.abort();
     let _ = flush_stop.send(());
+    let _ = fleet_stop.send(());
+    let _ = fleet_task.await;
     // The flusher writes once more on its way out.
     let _ = flusher.await;
     let _ = state.store.flush();

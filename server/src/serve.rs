@@ -235,7 +235,9 @@ impl ConnContext {
             .layer(DefaultBodyLimit::max(to_usize(limits.max_body_bytes)))
             .layer(RequestBodyLimitLayer::new(to_usize(
                 limits.max_upload_bytes,
-            )));
+            )))
+            // The hard cap answers in plain text; every refusal of the API is JSON.
+            .layer(axum::middleware::map_response(json_payload_too_large));
         Self {
             acceptor: TlsAcceptor::from(tls),
             handshake_timeout: limits.handshake_timeout,
@@ -245,6 +247,23 @@ impl ConnContext {
             metrics,
         }
     }
+}
+
+/// Rewrites a plain-text 413 (from the body-limit layers) as the API's JSON error.
+async fn json_payload_too_large(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() != http::StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return resp;
+    }
+    let body = ota_common::api::ApiError {
+        error: "too_large".into(),
+        message: "the request body is larger than this server accepts".into(),
+    };
+    (http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
 }
 
 /// Keeps the connection's cap permit and the active gauge for the task's lifetime.

@@ -18,6 +18,7 @@ use ota_server::app::{router, AppState};
 use ota_server::audit::AuditLog;
 use ota_server::auth::{Role, Tokens};
 use ota_server::blobs::BlobStore;
+use ota_server::deployments::{Fleet, FleetConfig};
 use ota_server::devices::record::{
     ANOMALIES_TREE, DEVICES_TREE, DEVICE_ANOMALIES_TREE, OPLOG_HEADS_TREE, OPLOG_TREE,
     STATUS_IDS_TREE, STATUS_TREE,
@@ -78,6 +79,7 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
         let pki = Arc::new(DevPki::load_or_create(&dir.path().join("pki")).unwrap());
+        let devices = Arc::new(Devices::open(Arc::clone(&store), DeviceConfig::default()).unwrap());
         let state = AppState {
             repo: Arc::new(repository(&store)),
             blobs: BlobStore::open(&dir.path().join("blobs")).unwrap(),
@@ -89,7 +91,17 @@ impl TestServer {
             device_ca: Some(Arc::clone(&pki)),
             limits: Limits::default(),
             dev_mode: true,
-            devices: Arc::new(Devices::open(Arc::clone(&store), DeviceConfig::default()).unwrap()),
+            devices: Arc::clone(&devices),
+            fleet: Arc::new(
+                Fleet::open(
+                    Arc::clone(&store),
+                    Arc::new(AuditLog::new(Arc::clone(&store))),
+                    devices,
+                    FleetConfig::default(),
+                    Utc::now(),
+                )
+                .unwrap(),
+            ),
         };
         let tls_config = tls::server_config(&pki.tls_settings()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

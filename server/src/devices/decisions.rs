@@ -217,8 +217,14 @@ impl Devices {
         )?;
         let mut shard = self.shard(id);
         shard.tombstones.insert(id.to_owned(), now);
-        shard.records.remove(id);
+        let cached = shard.records.remove(id);
         shard.seen.remove(id);
+        if let Some(obs) = self.observer.get() {
+            if cached.is_some() {
+                obs.record_changed(cached.as_deref(), None);
+            }
+            obs.tombstoned(id);
+        }
         Ok(tomb)
     }
 

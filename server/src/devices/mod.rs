@@ -34,12 +34,14 @@
 mod decisions;
 pub mod enroll;
 mod last_seen;
+mod observer;
 mod oplog;
 pub mod record;
 pub mod reports;
 
 pub use decisions::{Decision, DeviceFilter, PreauthOutcome, MAX_PREAUTHORIZE};
 pub use last_seen::Seen;
+pub use observer::{CacheView, RecordObserver};
 pub use oplog::{StoredOplog, MAX_OPLOG_BATCH};
 pub use record::{
     poll_interval_for, CertChange, DeviceRecord, DeviceStatus, LastStatus, Tombstone, DEVICES_TREE,
@@ -50,7 +52,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use ota_common::api::PollRequest;
@@ -74,6 +76,9 @@ pub struct DeviceConfig {
     /// How soon a return to the previous certificate counts as an identity conflict, and
     /// how often such a conflict is raised again. Default one day.
     pub identity_window_secs: u64,
+    /// Whether devices install only what a deployment sends them (see
+    /// [`crate::config::RolloutMode`]). Default true.
+    pub directed_updates: bool,
 }
 
 impl Default for DeviceConfig {
@@ -81,6 +86,7 @@ impl Default for DeviceConfig {
         DeviceConfig {
             poll_interval_secs: 300,
             identity_window_secs: 86_400,
+            directed_updates: true,
         }
     }
 }
@@ -154,6 +160,8 @@ pub struct Devices {
     config: DeviceConfig,
     shards: Vec<Mutex<Shard>>,
     write_lock: Mutex<()>,
+    /// Told of every cache change (see [`Devices::set_observer`]).
+    observer: OnceLock<Arc<dyn RecordObserver>>,
 }
 
 impl std::fmt::Debug for Devices {
@@ -178,6 +186,7 @@ impl Devices {
             config,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             write_lock: Mutex::new(()),
+            observer: OnceLock::new(),
         };
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -243,7 +252,11 @@ impl Devices {
         }
         match shard.records.get(&rec.id) {
             Some(cur) if cur.revision >= rec.revision => {}
-            _ => {
+            old => {
+                // Under the shard lock, so the observer sees one device's changes in order.
+                if let Some(obs) = self.observer.get() {
+                    obs.record_changed(old.map(AsRef::as_ref), Some(&rec));
+                }
                 shard.records.insert(rec.id.clone(), rec);
             }
         }

@@ -58,18 +58,30 @@ pub(crate) fn state() -> (AppState, tempfile::TempDir) {
     Repository::initialize(store.as_ref(), &[root_bytes], None, &keys, &policy, now).unwrap();
     let repo = Repository::open(Arc::clone(&store), keys, policy).unwrap();
     let pki = DevPki::load_or_create(&dir.path().join("pki")).unwrap();
+    let audit = Arc::new(AuditLog::new(Arc::clone(&store)));
+    let devices = Arc::new(Devices::open(Arc::clone(&store), DeviceConfig::default()).unwrap());
     let state = AppState {
         repo: Arc::new(repo),
         blobs: BlobStore::open(&dir.path().join("blobs")).unwrap(),
         store: Arc::clone(&store),
-        audit: Arc::new(AuditLog::new(Arc::clone(&store))),
+        audit: Arc::clone(&audit),
         tokens: Tokens::new(Arc::clone(&store)),
         metrics: Arc::new(Metrics::default()),
         transport: Arc::new(TransportMetrics::new()),
         device_ca: Some(Arc::new(pki)),
         limits: Limits::default(),
         dev_mode: true,
-        devices: Arc::new(Devices::open(store, DeviceConfig::default()).unwrap()),
+        devices: Arc::clone(&devices),
+        fleet: Arc::new(
+            crate::deployments::Fleet::open(
+                Arc::clone(&store),
+                audit,
+                devices,
+                crate::deployments::FleetConfig::default(),
+                now,
+            )
+            .unwrap(),
+        ),
     };
     (state, dir)
 }

@@ -299,9 +299,10 @@ impl Repository {
                 ));
             }
         }
-        let snap_due = self
-            .policy
-            .due(view.snapshot_signed.expires, self.policy.snapshot_lifetime_secs);
+        let snap_due = self.policy.due(
+            view.snapshot_signed.expires,
+            self.policy.snapshot_lifetime_secs,
+        );
         let (snap_version, snap_bytes) =
             if now >= snap_due || targets_version != view.targets_signed.version {
                 let v = view.snapshot_signed.version + 1;
@@ -340,7 +341,10 @@ impl Repository {
 
     fn targets_due(&self, t: &Targets, now: DateTime<Utc>) -> bool {
         self.keys.targets.is_some()
-            && self.policy.due(t.expires, self.policy.targets_lifetime_secs) <= now
+            && self
+                .policy
+                .due(t.expires, self.policy.targets_lifetime_secs)
+                <= now
     }
 
     /// Adds a new root version (key rotation), signed by a threshold of the current root's

@@ -74,9 +74,10 @@ async fn audit_verify(
 async fn rotate_root(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiFailure> {
     caller.require(Permission::Administer)?;
+    let body = body?;
     let repo = state.repo.clone();
     let now = state.now();
     let version = blocking("rotating root", move || {

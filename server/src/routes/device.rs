@@ -28,6 +28,7 @@ use ota_common::api::{
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::deployments::Fleet;
 use crate::devices::enroll::EnrollError;
 use crate::devices::record::check_poll;
 use crate::devices::{DeviceError, DeviceRecord, DeviceStatus};
@@ -46,11 +47,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/enroll", post(enroll))
 }
 
-/// The update an accepted device should install now. Deployments plug in here: this is
-/// the one place that turns a device record into an [`UpdateDirective`]; until
-/// deployments exist, no device is sent anywhere.
-pub fn directive_for(_device: &DeviceRecord) -> Option<UpdateDirective> {
-    None
+/// The update an accepted device should install now: the one place that turns a device
+/// record into an [`UpdateDirective`], from the running deployments. Memory only (no
+/// store, no lock held beyond a lookup): it runs on every poll.
+pub fn directive_for(fleet: &Fleet, device: &DeviceRecord) -> Option<UpdateDirective> {
+    fleet.directive_for(device)
 }
 
 /// A request made with a verified device certificate.
@@ -188,8 +189,10 @@ async fn poll(
     if record.status != DeviceStatus::Accepted {
         return Err(refusal(&record.id, record.status));
     }
+    let update = directive_for(&state.fleet, &record);
     Ok(Json(PollResponse {
-        update: directive_for(&record),
+        hold: update.is_none() && state.devices.config().directed_updates,
+        update,
         poll_after_secs: state.devices.poll_interval_secs(&record.id),
     }))
 }
@@ -217,16 +220,25 @@ async fn status(
 ) -> Result<Json<Value>, ApiFailure> {
     let Json(report) = body?;
     admit(&state, &device)?;
-    let (devices, now) = (state.devices.clone(), state.now());
+    let (devices, fleet, now) = (state.devices.clone(), state.fleet.clone(), state.now());
     let id = device.identity.device_id;
-    let stored = blocking("storing a status report", move || {
-        devices
+    let (stored, paused) = blocking("storing a status report", move || {
+        let stored = devices
             .record_status(&id, &report, now)
-            .map_err(ApiFailure::from)
+            .map_err(ApiFailure::from)?;
+        // Also for a retried report: counting is idempotent, and a retry after a failure
+        // here must still be counted.
+        let paused = fleet
+            .on_status(&id, &report, now)
+            .map_err(ApiFailure::from)?;
+        Ok((stored, paused))
     })
     .await?;
     if stored {
         inc(&state.metrics.reports);
+    }
+    if paused {
+        inc(&state.metrics.anomalies);
     }
     Ok(Json(json!({ "stored": stored })))
 }

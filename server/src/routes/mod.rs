@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod device;
+pub mod fleet;
 pub mod health;
 pub mod operator;
 pub mod publish;

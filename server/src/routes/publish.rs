@@ -100,6 +100,9 @@ async fn upload_blob(
             BlobError::TooLarge { .. } => {
                 ApiFailure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
+            BlobError::Source { ref source, .. } if crate::error::is_length_limit(source.as_ref()) => {
+                ApiFailure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the image is larger than this server accepts (limits.max_upload_bytes)")
+            }
             BlobError::Source { .. } => ApiFailure::bad_request(format!("upload interrupted: {e}")),
             e => ApiFailure::internal("storing upload", e),
         })?;
@@ -129,9 +132,10 @@ async fn upload_blob(
 async fn publish_targets(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<PublishOutcome>, ApiFailure> {
     caller.require(Permission::Publish)?;
+    let body = body?;
     let repo = state.repo.clone();
     let now = state.now();
     let outcome = blocking("publishing", move || {
@@ -239,9 +243,10 @@ async fn withdraw_release(
 ) -> Result<impl IntoResponse, ApiFailure> {
     caller.require(Permission::Publish)?;
     let repo = state.repo.clone();
+    let (fleet, actor) = (state.fleet.clone(), caller.actor());
     let now = state.now();
     let n = name.clone();
-    let outcome = blocking("withdrawing", move || {
+    let (outcome, aborted) = blocking("withdrawing", move || {
         if !repo.view().targets_signed.targets.contains_key(&n) {
             return Err(ApiFailure::not_found(format!("no release named {n:?}")));
         }
@@ -251,11 +256,15 @@ async fn withdraw_release(
         repo.store()
             .put_json_durable(RELEASES_TREE, n.as_bytes(), &rec)
             .map_err(|e| ApiFailure::internal("withdrawing", e))?;
+        // No deployment sends it from now on (each abort is audited).
+        let aborted = fleet
+            .abort_release(&n, &actor, now)
+            .map_err(ApiFailure::from)?;
         // With the targets key, also take it out of the signed metadata; without it the
         // release engineers sign targets without it, and meanwhile no device is sent to it.
         match repo.withdraw_release(&n, now) {
-            Ok(o) => Ok(Some(o)),
-            Err(PublishError::NoTargetsKey) => Ok(None),
+            Ok(o) => Ok((Some(o), aborted)),
+            Err(PublishError::NoTargetsKey) => Ok((None, aborted)),
             Err(e) => Err(ApiFailure::from(e)),
         }
     })
@@ -265,10 +274,12 @@ async fn withdraw_release(
         caller.actor(),
         "withdraw",
         name.clone(),
-        json!({"resigned": outcome}),
+        json!({"resigned": outcome, "aborted_deployments": aborted}),
     )
     .await?;
-    Ok(Json(json!({"withdrawn": name, "targets": outcome})))
+    Ok(Json(
+        json!({"withdrawn": name, "targets": outcome, "aborted_deployments": aborted}),
+    ))
 }
 
 /// One release as listed.
