@@ -18,11 +18,15 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("fixed date")
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("fixed date")
 }
 
 fn far() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).single().expect("fixed date")
+    Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0)
+        .single()
+        .expect("fixed date")
 }
 
 struct Repo {
@@ -34,10 +38,22 @@ struct Repo {
 fn repository(n: usize) -> Repo {
     let keys: Vec<SigningKey> = (1..=8u8).map(|i| SigningKey::from_seed(&[i; 32])).collect();
     let mut root = Root::new(1, far());
-    root.set_role(RoleType::Root, &[keys[0].public(), keys[1].public(), keys[2].public()], 2).expect("root role");
-    root.set_role(RoleType::Targets, &[keys[3].public(), keys[4].public(), keys[5].public()], 2).expect("targets role");
-    root.set_role(RoleType::Snapshot, &[keys[6].public()], 1).expect("snapshot role");
-    root.set_role(RoleType::Timestamp, &[keys[7].public()], 1).expect("timestamp role");
+    root.set_role(
+        RoleType::Root,
+        &[keys[0].public(), keys[1].public(), keys[2].public()],
+        2,
+    )
+    .expect("root role");
+    root.set_role(
+        RoleType::Targets,
+        &[keys[3].public(), keys[4].public(), keys[5].public()],
+        2,
+    )
+    .expect("targets role");
+    root.set_role(RoleType::Snapshot, &[keys[6].public()], 1)
+        .expect("snapshot role");
+    root.set_role(RoleType::Timestamp, &[keys[7].public()], 1)
+        .expect("timestamp role");
     let root_bytes = sign_role(&root, &[&keys[0], &keys[1]]).expect("sign root");
     let mut targets = Targets::new(1, far());
     for i in 0..n {
@@ -54,21 +70,32 @@ fn repository(n: usize) -> Repo {
     }
     let targets_bytes = sign_role(&targets, &[&keys[3], &keys[4]]).expect("sign targets");
     let mut snapshot = Snapshot::new(1, far());
-    snapshot.meta.insert("targets.json".into(), MetaFile::version_only(1));
+    snapshot
+        .meta
+        .insert("targets.json".into(), MetaFile::version_only(1));
     let snapshot_bytes = sign_role(&snapshot, &[&keys[6]]).expect("sign snapshot");
     let mut meta = MetaFile::version_only(1);
     meta.length = Some(snapshot_bytes.len() as u64);
-    meta.hashes = Some(BTreeMap::from([("sha256".into(), hex::encode(Sha256::digest(&snapshot_bytes)))]));
-    let timestamp_bytes = sign_role(&Timestamp::new(1, far(), meta), &[&keys[7]]).expect("sign timestamp");
+    meta.hashes = Some(BTreeMap::from([(
+        "sha256".into(),
+        hex::encode(Sha256::digest(&snapshot_bytes)),
+    )]));
+    let timestamp_bytes =
+        sign_role(&Timestamp::new(1, far(), meta), &[&keys[7]]).expect("sign timestamp");
     let files = BTreeMap::from([
         ("timestamp.json".to_string(), timestamp_bytes),
         ("1.snapshot.json".to_string(), snapshot_bytes),
         ("1.targets.json".to_string(), targets_bytes),
     ]);
-    Repo { files, root: root_bytes }
+    Repo {
+        files,
+        root: root_bytes,
+    }
 }
 
-fn fetch<'a>(repo: &'a Repo) -> impl FnMut(&FetchRequest) -> Result<FetchResponse, std::convert::Infallible> + 'a {
+fn fetch<'a>(
+    repo: &'a Repo,
+) -> impl FnMut(&FetchRequest) -> Result<FetchResponse, std::convert::Infallible> + 'a {
     move |req| {
         Ok(match repo.files.get(&req.file) {
             Some(b) => FetchResponse::Found(b.clone()),
@@ -85,11 +112,16 @@ fn benches(c: &mut Criterion) {
     let value: serde_json::Value = serde_json::from_slice(&targets_bytes).expect("json");
     let signed = value["signed"].clone();
     g.throughput(Throughput::Bytes(targets_bytes.len() as u64));
-    g.bench_function("encode_10k_targets", |b| b.iter(|| ota_common::cjson::to_canonical(&signed).expect("canonical")));
+    g.bench_function("encode_10k_targets", |b| {
+        b.iter(|| ota_common::cjson::to_canonical(&signed).expect("canonical"))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("threshold_verify");
-    let root: Root = RawSigned::parse(&repo.root).expect("parse").decode().expect("root");
+    let root: Root = RawSigned::parse(&repo.root)
+        .expect("parse")
+        .decode()
+        .expect("root");
     let small = {
         let mut t = Targets::new(1, far());
         t.targets.clear();
@@ -100,7 +132,16 @@ fn benches(c: &mut Criterion) {
     let raw_small = RawSigned::parse(&small).expect("parse");
     let role = root.role(RoleType::Targets).expect("targets role");
     g.bench_function("ed25519_2_of_3_small_targets", |b| {
-        b.iter(|| verify_role::<Targets>(&raw_small, "targets", &root.keys, &role.keyids, role.threshold).expect("verify"))
+        b.iter(|| {
+            verify_role::<Targets>(
+                &raw_small,
+                "targets",
+                &root.keys,
+                &role.keyids,
+                role.threshold,
+            )
+            .expect("verify")
+        })
     });
     g.finish();
 
@@ -109,9 +150,13 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(10_000));
     g.bench_function("full_refresh_10k_targets", |b| {
         b.iter_batched(
-            || LocalMetadata { root: repo.root.clone(), ..Default::default() },
+            || LocalMetadata {
+                root: repo.root.clone(),
+                ..Default::default()
+            },
             |local| {
-                let trusted = refresh_with(local, now(), ClientLimits::default(), fetch(&repo)).expect("refresh");
+                let trusted = refresh_with(local, now(), ClientLimits::default(), fetch(&repo))
+                    .expect("refresh");
                 assert_eq!(trusted.targets().targets.len(), 10_000);
                 trusted
             },
@@ -121,7 +166,9 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("image_stream");
-    let image: Vec<u8> = (0..64u32 * 1024 * 1024 / 4).flat_map(|i| i.to_le_bytes()).collect();
+    let image: Vec<u8> = (0..64u32 * 1024 * 1024 / 4)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
     let file = TargetFile {
         length: image.len() as u64,
         hashes: BTreeMap::from([("sha256".into(), hex::encode(Sha256::digest(&image)))]),

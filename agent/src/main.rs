@@ -77,7 +77,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn now() -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now();
     #[cfg(feature = "test-hooks")]
-    if let Some(off) = std::env::var("OTA_AGENT_TEST_TIME_OFFSET_SECS").ok().and_then(|v| v.parse::<i64>().ok()) {
+    if let Some(off) = std::env::var("OTA_AGENT_TEST_TIME_OFFSET_SECS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
         return now + chrono::Duration::seconds(off);
     }
     now
