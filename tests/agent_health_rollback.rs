@@ -88,4 +88,16 @@ async fn a_failed_health_gate_rolls_back_to_slot_a() {
         !oplog.iter().any(|r| r["kind"] == "commit"),
         "committed anyway"
     );
+
+    // Back on A, the release that failed here is not installed again (no install →
+    // reboot → rollback loop); a fixed release would have another hash.
+    let run = dev.once();
+    run.expect("up_to_date");
+    let status = dev.status_json();
+    assert_eq!(
+        status["pending"],
+        Value::Null,
+        "re-installing the failed image: {status}"
+    );
+    assert_eq!(status["trying"], Value::Null, "{status}");
 }

@@ -42,13 +42,19 @@ async fn no_request_from_the_openapi_document_gets_a_5xx() {
     let out = Command::new(&schemathesis)
         .arg("run")
         .arg(server.url("/api/v1/openapi.yaml"))
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance",
+        ])
         .args(["--max-examples", "30", "--seed", "1", "--workers", "2"])
         .args(["--generation-deterministic"])
         .arg(format!("--tls-verify={}", server.ca_path().display()))
         .arg(format!("--request-cert={}", cert.display()))
         .arg(format!("--request-cert-key={}", key.display()))
-        .arg(format!("--header=Authorization: Bearer {}", server.admin_token()))
+        .arg(format!(
+            "--header=Authorization: Bearer {}",
+            server.admin_token()
+        ))
         // Rotating root or revoking tokens with generated data only gets 4xx, but a token
         // revocation that guessed right would end the run's authority: keep them out.
         .args(["--exclude-path", "/api/v1/tokens/revoke"])

@@ -437,7 +437,27 @@ impl Agent {
             hardware_id: &self.cfg.hardware_id,
             floor: floor.as_ref(),
         };
-        let choice = choose(repo.all_targets(), &facts, directive);
+        // An image that already failed here (health gate, boot) is not tried again.
+        if let Some(d) = directive {
+            let failed_before = repo
+                .find_target(d)
+                .and_then(|(f, _)| f.sha256())
+                .is_some_and(|sha| self.state.has_failed(sha));
+            if failed_before {
+                self.log(
+                    now,
+                    OpKind::Poll,
+                    json!({"result": "directive_failed_before", "target": d}),
+                )?;
+                return Ok(Outcome::UpToDate);
+            }
+        }
+        let candidates: Vec<_> = repo
+            .all_targets()
+            .into_iter()
+            .filter(|(_, f)| !f.sha256().is_some_and(|sha| self.state.has_failed(sha)))
+            .collect();
+        let choice = choose(candidates, &facts, directive);
         let (name, info) = match choice {
             Ok(Choice::UpToDate) => {
                 self.log(now, OpKind::Poll, json!({"result": "up_to_date"}))?;
@@ -690,6 +710,15 @@ impl Agent {
             let path = name.consistent_path(sha_hex);
             let mut resp = match self.transport.download(&path, writer.position()).await {
                 Ok(r) => r,
+                Err(TransportError::RangeIgnored) => {
+                    // Start over rather than stay stuck: the hash check covers the restart.
+                    self.set_offset(0)?;
+                    return Ok(Err(Outcome::Failed {
+                        kind: "range_ignored".into(),
+                        message: TransportError::RangeIgnored.to_string(),
+                        retry_soon: true,
+                    }));
+                }
                 Err(e) => return Ok(Err(self.transport_failure(now, "download", e))),
             };
             self.progress
@@ -850,7 +879,7 @@ impl Agent {
             if let Some(p) = &pending {
                 self.report_status(now, p, UpdateState::RolledBack, Some(reason.clone()))?;
             }
-            self.state.abandon_pending();
+            self.state.fail_pending();
             self.save()?;
             self.log(
                 now,
@@ -925,7 +954,7 @@ impl Agent {
             }
             Err(failure) => {
                 self.boot.mark_bad_and_fallback(slot)?;
-                self.state.abandon_pending();
+                self.state.fail_pending();
                 self.save()?;
                 self.log(
                     now,

@@ -64,7 +64,15 @@ pub struct AgentState {
     /// Agent starts in a row that ended in a crash rather than a clean stop.
     #[serde(default)]
     pub consecutive_crashes: u32,
+    /// Images (SHA-256, hex) that failed their health gate or never booted here: not
+    /// installed again, so a bad release cannot loop install → reboot → rollback. A fixed
+    /// release has another hash. Bounded to the last [`MAX_FAILED_IMAGES`].
+    #[serde(default)]
+    pub failed_images: Vec<String>,
 }
+
+/// How many failed images [`AgentState::failed_images`] remembers.
+pub const MAX_FAILED_IMAGES: usize = 16;
 
 impl Default for AgentState {
     fn default() -> Self {
@@ -76,6 +84,7 @@ impl Default for AgentState {
             pending: None,
             boot_attempts: 0,
             consecutive_crashes: 0,
+            failed_images: Vec::new(),
         }
     }
 }
@@ -200,6 +209,26 @@ impl AgentState {
         self.boot_attempts = 0;
         self.consecutive_crashes = 0;
         Ok(image)
+    }
+
+    /// Remembers that the pending image failed on this device (health gate or boot), then
+    /// abandons it (does not write to the disk).
+    pub fn fail_pending(&mut self) -> Option<PendingUpdate> {
+        let p = self.abandon_pending()?;
+        let sha = hex::encode(p.sha256);
+        if !self.failed_images.contains(&sha) {
+            self.failed_images.push(sha);
+            let excess = self.failed_images.len().saturating_sub(MAX_FAILED_IMAGES);
+            self.failed_images.drain(..excess);
+        }
+        Some(p)
+    }
+
+    /// Whether an image (SHA-256, hex) failed here before.
+    pub fn has_failed(&self, sha256_hex: &str) -> bool {
+        self.failed_images
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(sha256_hex))
     }
 
     /// Drops the pending update (rollback or abandoned download) and returns it. The slot
@@ -576,6 +605,24 @@ mod tests {
             state.commit_pending(),
             Err(StateError::NoPendingUpdate)
         ));
+    }
+
+    #[test]
+    fn failed_images_are_remembered_and_bounded() {
+        let mut state = AgentState::default();
+        state.begin_update(pending("2.0.0")).unwrap();
+        let failed = state.fail_pending().unwrap();
+        assert!(state.pending.is_none());
+        assert!(state.has_failed(&hex::encode(failed.sha256)));
+        assert!(!state.has_failed(&hex::encode([0x01; 32])));
+        for i in 0..(MAX_FAILED_IMAGES as u8 + 4) {
+            let mut p = pending("3.0.0");
+            p.sha256 = [i; 32];
+            state.begin_update(p).unwrap();
+            state.fail_pending().unwrap();
+        }
+        assert_eq!(state.failed_images.len(), MAX_FAILED_IMAGES);
+        assert!(state.has_failed(&hex::encode([MAX_FAILED_IMAGES as u8 + 3; 32])));
     }
 
     #[test]

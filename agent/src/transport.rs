@@ -37,6 +37,9 @@ pub enum TransportError {
         /// Message from the body.
         message: String,
     },
+    /// The server (or a mirror) answered a ranged request with the whole file.
+    #[error("the server ignored the Range request; the download must restart from 0")]
+    RangeIgnored,
     /// The response is not what the API promises.
     #[error("unexpected response: {0}")]
     Protocol(String),
@@ -176,9 +179,7 @@ impl Transport {
                     ))
                 }
             }
-            StatusCode::OK => Err(TransportError::Protocol(
-                "server ignored the Range request".into(),
-            )),
+            StatusCode::OK => Err(TransportError::RangeIgnored),
             s => Err(TransportError::Protocol(format!(
                 "targets/{path}: HTTP {s}"
             ))),

@@ -100,8 +100,14 @@ async fn upload_blob(
             BlobError::TooLarge { .. } => {
                 ApiFailure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
-            BlobError::Source { ref source, .. } if crate::error::is_length_limit(source.as_ref()) => {
-                ApiFailure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the image is larger than this server accepts (limits.max_upload_bytes)")
+            BlobError::Source { ref source, .. }
+                if crate::error::is_length_limit(source.as_ref()) =>
+            {
+                ApiFailure::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the image is larger than this server accepts (limits.max_upload_bytes)",
+                )
             }
             BlobError::Source { .. } => ApiFailure::bad_request(format!("upload interrupted: {e}")),
             e => ApiFailure::internal("storing upload", e),
