@@ -57,6 +57,12 @@ enum Command {
     /// List, inspect and decide on devices.
     #[command(subcommand)]
     Devices(cmd::devices::Command),
+    /// Create, list and delete device groups.
+    #[command(subcommand)]
+    Groups(cmd::groups::Command),
+    /// Phased rollouts of a release to a group: create, watch, pause, resume, abort.
+    #[command(subcommand)]
+    Deployments(cmd::deployments::Command),
     /// Issue a one-time enrollment token for a device.
     EnrollToken(cmd::devices::EnrollTokenArgs),
     /// Anomalies reported by devices and found by the server.
@@ -66,7 +72,7 @@ enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
-    /// Server health, devices by status and the number of releases.
+    /// Server health, devices by status, the number of releases and the fleet summary.
     Status,
 }
 
@@ -106,6 +112,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Publish(a) => cmd::publish::run(&ctx, a).await,
             Command::Releases(c) => cmd::releases::run(&ctx, c).await,
             Command::Devices(c) => cmd::devices::run(&ctx, c).await,
+            Command::Groups(c) => cmd::groups::run(&ctx, c).await,
+            Command::Deployments(c) => cmd::deployments::run(&ctx, c).await,
             Command::EnrollToken(a) => cmd::devices::enroll_token(&ctx, a).await,
             Command::Anomalies(a) => cmd::anomalies::run(&ctx, a).await,
             Command::Audit(a) => cmd::audit::run(&ctx, a).await,
@@ -221,6 +229,37 @@ mod tests {
             ],
             &["ota", "tokens", "revoke", "abcd1234"],
             &["ota", "status"],
+            &["ota", "groups", "list", "--json"],
+            &[
+                "ota", "groups", "create", "g", "--device", "a", "--device", "b",
+            ],
+            &[
+                "ota",
+                "groups",
+                "create",
+                "g",
+                "--hardware-id",
+                "h",
+                "--attr",
+                "site=x",
+            ],
+            &["ota", "groups", "delete", "g"],
+            &[
+                "ota",
+                "deployments",
+                "create",
+                "--release",
+                "r",
+                "--group",
+                "g",
+                "--phases",
+                "10,50,100",
+                "--min-wait-secs",
+                "60",
+            ],
+            &["ota", "deployments", "pause", "d1", "--reason", "why"],
+            &["ota", "deployments", "resume", "d1"],
+            &["ota", "deployments", "abort", "d1"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -234,5 +273,31 @@ mod tests {
                 .is_err()
         );
         assert!(Cli::try_parse_from(["ota", "devices", "preauthorize"]).is_err());
+        // A group is a list of devices or a rule, not both, and not neither.
+        assert!(Cli::try_parse_from(["ota", "groups", "create", "g"]).is_err());
+        assert!(Cli::try_parse_from([
+            "ota",
+            "groups",
+            "create",
+            "g",
+            "--device",
+            "a",
+            "--hardware-id",
+            "h"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["ota", "groups", "create", "g", "--attr", "k=v"]).is_err());
+        assert!(Cli::try_parse_from([
+            "ota",
+            "deployments",
+            "create",
+            "--release",
+            "r",
+            "--group",
+            "g",
+            "--phases",
+            "0,100"
+        ])
+        .is_err());
     }
 }

@@ -2,7 +2,9 @@
 
 pub mod anomalies;
 pub mod audit;
+pub mod deployments;
 pub mod devices;
+pub mod groups;
 pub mod publish;
 pub mod releases;
 pub mod status;

@@ -1,4 +1,5 @@
-//! `ota status`: the server's health, devices by status and the number of releases.
+//! `ota status`: the server's health, devices by status, the number of releases and the
+//! fleet summary (`GET /api/v1/fleet/summary`: versions and update states).
 
 use std::collections::BTreeMap;
 
@@ -32,11 +33,22 @@ pub async fn run(ctx: &Ctx) -> Result<(), CliError> {
         Err(CliError::Api { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => None,
         Err(e) => return Err(e),
     };
+    // Servers without the fleet API: leave the summary out rather than fail.
+    let fleet = match ctx
+        .client
+        .get(&["api", "v1", "fleet", "summary"], &[])
+        .await
+    {
+        Ok(v) => Some(v),
+        Err(CliError::Api { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => None,
+        Err(e) => return Err(e),
+    };
     if ctx.format == Format::Json {
         return print_json(&json!({
             "health": health,
             "releases": {"total": releases.len(), "withdrawn": withdrawn},
             "devices": devices,
+            "fleet": fleet,
         }));
     }
     println!(
@@ -67,6 +79,9 @@ pub async fn run(ctx: &Ctx) -> Result<(), CliError> {
             }
         }
     }
+    if let Some(f) = &fleet {
+        print!("{}", render_fleet(f));
+    }
     if !status.is_success() {
         return Err(CliError::Api {
             method: "GET".into(),
@@ -77,6 +92,31 @@ pub async fn run(ctx: &Ctx) -> Result<(), CliError> {
         });
     }
     Ok(())
+}
+
+/// `versions:` and `updates:` lines of the fleet summary (counts of zero left out).
+fn render_fleet(f: &Value) -> String {
+    let parts = |v: Option<&Value>| -> String {
+        let parts: Vec<String> = v
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, n)| n.as_u64() != Some(0))
+                    .map(|(k, n)| format!("{} {}", cell(Some(n)), sanitize(k)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(", ")
+        }
+    };
+    format!(
+        "versions:  {}\nupdates:   {}\n",
+        parts(f.get("by_version")),
+        parts(f.get("by_update_state"))
+    )
 }
 
 fn count_by_status(devices: &[Value]) -> BTreeMap<String, usize> {
@@ -102,5 +142,19 @@ mod tests {
         assert_eq!(c.get("pending"), Some(&2));
         assert_eq!(c.get("accepted"), Some(&1));
         assert_eq!(c.get("-"), Some(&1));
+    }
+
+    #[test]
+    fn fleet_summary_lines_skip_zeros() {
+        let text = render_fleet(&json!({
+            "devices": 3,
+            "by_version": {"1.0.0": 2, "2.0.0": 1},
+            "by_update_state": {"up_to_date": 3, "updating": 0, "failed": 0},
+        }));
+        assert_eq!(
+            text,
+            "versions:  2 1.0.0, 1 2.0.0\nupdates:   3 up_to_date\n"
+        );
+        assert_eq!(render_fleet(&json!({})), "versions:  -\nupdates:   -\n");
     }
 }

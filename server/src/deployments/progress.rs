@@ -197,6 +197,9 @@ impl Fleet {
                 let mut dep = book.deployments[&id].clone();
                 match dep.step(now) {
                     Step::Stay => {}
+                    // The phase reaches devices but none has started: they poll every few
+                    // minutes, and advancing now would skip the canary. Wait for them.
+                    Step::Advance { .. } if self.phase_not_started(&dep) => {}
                     Step::Advance { to } => {
                         let detail = json!({"from": dep.phase, "to": to,
                             "counts": dep.counts.get(dep.phase)});
@@ -261,6 +264,25 @@ impl Fleet {
 
     /// How many members of a running deployment's audience still wait for its release:
     /// those that want it, less those that failed in it (which it never serves again).
+    /// Whether the current phase newly reaches some devices and none of them has started.
+    fn phase_not_started(&self, dep: &Deployment) -> bool {
+        let Some(cumulative) = self.index.targeted(&dep.id) else {
+            return false;
+        };
+        let before = dep
+            .phase
+            .checked_sub(1)
+            .and_then(|p| cumulative.get(p).copied())
+            .unwrap_or(0);
+        let reached_here = cumulative
+            .get(dep.phase)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before);
+        let c = dep.counts.get(dep.phase).copied().unwrap_or_default();
+        reached_here > 0 && c.started == 0 && c.succeeded + c.failed == 0
+    }
+
     fn waiting(&self, book: &Book, dep: &Deployment) -> u64 {
         let outstanding = self.index.outstanding(&dep.id).unwrap_or(0);
         let Some(sets) = book.sets.get(&dep.id) else {
