@@ -61,6 +61,9 @@ pub struct AgentConfig {
     /// Polling schedule.
     #[serde(default)]
     pub poll: PollConfig,
+    /// Downloads.
+    #[serde(default)]
+    pub download: DownloadConfig,
     /// Free-form attributes sent with each poll (for grouping).
     #[serde(default)]
     pub attributes: std::collections::BTreeMap<String, String>,
@@ -145,6 +148,22 @@ impl Default for HealthConfig {
     }
 }
 
+/// Downloads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownloadConfig {
+    /// MiB between durable checkpoints (slot fsync + state write) of a download: at most
+    /// this much is fetched again after a power cut. Smaller costs throughput on slow
+    /// flash. Default 32.
+    pub checkpoint_mib: u64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig { checkpoint_mib: 32 }
+    }
+}
+
 /// Polling schedule.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,6 +212,11 @@ impl AgentConfig {
         if self.slots.a == self.slots.b {
             return Err(ConfigError::Invalid(
                 "slots.a and slots.b must differ".into(),
+            ));
+        }
+        if self.download.checkpoint_mib == 0 {
+            return Err(ConfigError::Invalid(
+                "download.checkpoint_mib must be at least 1".into(),
             ));
         }
         if self.poll.interval_secs == 0 {

@@ -40,8 +40,6 @@ use crate::slots::{ImageSpec, SlotError, SlotSet, SlotWriter, VerifiedImage};
 use crate::state::{AgentState, PendingUpdate, Phase, StateStore};
 use crate::transport::{Transport, TransportError};
 
-/// Bytes between durable checkpoints of a download.
-const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// Consecutive crashed runs that make an `agent_crash_loop` anomaly.
 const CRASH_LOOP: u32 = 3;
 
@@ -749,7 +747,8 @@ impl Agent {
                 }
                 since_checkpoint += chunk.len() as u64;
                 self.progress.update(writer.position());
-                if since_checkpoint >= CHECKPOINT_BYTES {
+                if since_checkpoint >= self.cfg.download.checkpoint_mib.saturating_mul(1024 * 1024)
+                {
                     since_checkpoint = 0;
                     let offset = writer.checkpoint()?;
                     self.set_offset(offset)?;
