@@ -35,6 +35,7 @@ use crate::config::{AgentConfig, BootloaderConfig};
 use crate::health;
 use crate::metadata_store::MetadataStore;
 use crate::oplog::{OpKind, OpLog};
+use crate::pipeline::PipedWriter;
 use crate::progress::Progress;
 use crate::slots::{ImageSpec, SlotError, SlotSet, SlotWriter, VerifiedImage};
 use crate::state::{AgentState, PendingUpdate, Phase, StateStore};
@@ -722,13 +723,15 @@ impl Agent {
             self.progress
                 .start(name.as_str(), pending.length, writer.position());
             let mut since_checkpoint = 0u64;
+            // Hash and write on a second thread while the next chunk arrives.
+            let mut pipe = PipedWriter::start(writer);
             loop {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
                         // Keep what arrived: the next attempt resumes from here.
-                        let offset = writer.checkpoint()?;
+                        let offset = pipe.checkpoint()?;
                         self.set_offset(offset)?;
                         self.progress.finish();
                         tracing::warn!(offset, error = %e, "download interrupted; will resume");
@@ -739,23 +742,29 @@ impl Agent {
                         }));
                     }
                 };
-                if let Err(e) = writer.write(&chunk) {
+                let len = chunk.len() as u64;
+                if let Err(e) = pipe.write(chunk) {
                     self.progress.finish();
-                    return self
-                        .refuse_image(now, pending, "oversized_download", e)
-                        .map(Err);
+                    return self.refuse_download(now, pending, e);
                 }
-                since_checkpoint += chunk.len() as u64;
-                self.progress.update(writer.position());
+                since_checkpoint += len;
+                self.progress.update(pipe.position());
                 if since_checkpoint >= self.cfg.download.checkpoint_mib.saturating_mul(1024 * 1024)
                 {
                     since_checkpoint = 0;
-                    let offset = writer.checkpoint()?;
+                    let offset = match pipe.checkpoint() {
+                        Ok(o) => o,
+                        Err(e) => return self.refuse_download(now, pending, e),
+                    };
                     self.set_offset(offset)?;
                     crash_point("mid_download");
                 }
             }
             self.progress.finish();
+            writer = match pipe.into_inner() {
+                Ok(w) => w,
+                Err(e) => return self.refuse_download(now, pending, e),
+            };
         }
         match writer.finish() {
             Ok(v) => {
@@ -781,6 +790,22 @@ impl Agent {
                 self.refuse_image(now, pending, "hash_mismatch", e).map(Err)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The slot writer stopped: bytes past the signed length are an oversized download
+    /// (refused, anomaly); anything else is a local I/O failure.
+    fn refuse_download(
+        &mut self,
+        now: DateTime<Utc>,
+        pending: &PendingUpdate,
+        e: SlotError,
+    ) -> Result<Result<VerifiedImage, Outcome>, AgentError> {
+        match e {
+            e @ SlotError::TooLong { .. } => self
+                .refuse_image(now, pending, "oversized_download", e)
+                .map(Err),
+            e => Err(e.into()),
         }
     }
 

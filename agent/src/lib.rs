@@ -31,6 +31,7 @@ pub mod fsutil;
 pub mod health;
 pub mod metadata_store;
 pub mod oplog;
+pub mod pipeline;
 pub mod progress;
 pub mod slots;
 pub mod state;

@@ -1,0 +1,186 @@
+//! Hashing and writing a download on a second thread, so that receiving (and decrypting)
+//! the next chunk overlaps hashing and writing the last one. All checks stay
+//! [`SlotWriter`]'s; this only moves it behind a bounded queue, in order, so a checkpoint
+//! still covers exactly the bytes queued before it.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use crate::slots::{SlotError, SlotWriter};
+
+/// Chunks in flight: bounds memory (a chunk is at most a few tens of KiB).
+const QUEUE: usize = 64;
+
+enum Msg {
+    Data(Bytes),
+    Checkpoint(SyncSender<Result<u64, SlotError>>),
+}
+
+/// A [`SlotWriter`] running on its own thread.
+pub struct PipedWriter {
+    tx: Option<SyncSender<Msg>>,
+    worker: Option<JoinHandle<Result<SlotWriter, SlotError>>>,
+    queued: u64,
+}
+
+/// The worker thread died without saying why (it panicked).
+fn worker_lost() -> SlotError {
+    SlotError::Io {
+        op: "slot writer thread",
+        path: std::path::PathBuf::new(),
+        source: std::io::Error::other("the slot writer thread stopped unexpectedly"),
+    }
+}
+
+fn run(mut writer: SlotWriter, rx: Receiver<Msg>) -> Result<SlotWriter, SlotError> {
+    for msg in rx {
+        match msg {
+            Msg::Data(chunk) => writer.write(&chunk)?,
+            // A failed checkpoint is reported to the caller, which then stops.
+            Msg::Checkpoint(reply) => {
+                let _ = reply.send(writer.checkpoint());
+            }
+        }
+    }
+    Ok(writer)
+}
+
+impl PipedWriter {
+    /// Moves `writer` to a new thread.
+    pub fn start(writer: SlotWriter) -> Self {
+        let queued = writer.position();
+        let (tx, rx) = sync_channel(QUEUE);
+        let worker = std::thread::spawn(move || run(writer, rx));
+        PipedWriter {
+            tx: Some(tx),
+            worker: Some(worker),
+            queued,
+        }
+    }
+
+    /// Bytes handed over so far (written, or queued to be).
+    pub fn position(&self) -> u64 {
+        self.queued
+    }
+
+    /// The worker's error, once it stopped on one.
+    fn failure(&mut self) -> SlotError {
+        self.tx = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            _ => worker_lost(),
+        }
+    }
+
+    /// Queues a chunk (blocks while the queue is full: back-pressure on the download).
+    pub fn write(&mut self, chunk: Bytes) -> Result<(), SlotError> {
+        let len = chunk.len() as u64;
+        let sent = self.tx.as_ref().map(|tx| tx.send(Msg::Data(chunk)));
+        match sent {
+            Some(Ok(())) => {
+                self.queued += len;
+                Ok(())
+            }
+            _ => Err(self.failure()),
+        }
+    }
+
+    /// Waits until everything queued is written, then makes it durable; returns the
+    /// durable offset (see [`SlotWriter::checkpoint`]).
+    pub fn checkpoint(&mut self) -> Result<u64, SlotError> {
+        let (reply_tx, reply_rx) = sync_channel(1);
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(Msg::Checkpoint(reply_tx)));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(self.failure());
+        }
+        match reply_rx.recv() {
+            Ok(r) => r,
+            Err(_) => Err(self.failure()),
+        }
+    }
+
+    /// Waits for the queue to drain and gives the writer back (to `finish` it).
+    pub fn into_inner(mut self) -> Result<SlotWriter, SlotError> {
+        self.tx = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(worker_lost()),
+        }
+    }
+}
+
+impl Drop for PipedWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread; wait so the slot file is closed.
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::ImageSpec;
+    use sha2::{Digest, Sha256};
+
+    fn image(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn writes_in_order_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("slot");
+        let data = image(3 * 1024 * 1024 + 17);
+        std::fs::write(&slot, vec![0u8; data.len()]).unwrap();
+        let spec = ImageSpec {
+            length: data.len() as u64,
+            sha256: Sha256::digest(&data).into(),
+        };
+        let mut pipe = PipedWriter::start(SlotWriter::open(&slot, spec, 0).unwrap());
+        for (i, chunk) in data.chunks(16 * 1024).enumerate() {
+            pipe.write(Bytes::copy_from_slice(chunk)).unwrap();
+            if i == 100 {
+                assert_eq!(pipe.checkpoint().unwrap(), 101 * 16 * 1024);
+            }
+        }
+        assert_eq!(pipe.position(), data.len() as u64);
+        let v = pipe.into_inner().unwrap().finish().unwrap();
+        assert_eq!(v.length(), data.len() as u64);
+        assert_eq!(std::fs::read(&slot).unwrap(), data);
+    }
+
+    #[test]
+    fn a_refused_chunk_surfaces_as_the_writers_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("slot");
+        let data = image(64 * 1024);
+        std::fs::write(&slot, vec![0u8; data.len()]).unwrap();
+        let spec = ImageSpec {
+            length: 1024,
+            sha256: Sha256::digest(&data[..1024]).into(),
+        };
+        let mut pipe = PipedWriter::start(SlotWriter::open(&slot, spec, 0).unwrap());
+        // Too long for the signed length: the worker refuses; the caller hears it at the
+        // latest when it checkpoints or finishes.
+        let mut err = None;
+        for chunk in data.chunks(4096) {
+            if let Err(e) = pipe.write(Bytes::copy_from_slice(chunk)) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = match err {
+            Some(e) => e,
+            None => pipe.checkpoint().unwrap_err(),
+        };
+        assert!(matches!(err, SlotError::TooLong { .. }), "{err:?}");
+    }
+}
