@@ -10,8 +10,9 @@ use bytes::Bytes;
 
 use crate::slots::{SlotError, SlotWriter};
 
-/// Chunks in flight: bounds memory (a chunk is at most a few tens of KiB).
-const QUEUE: usize = 64;
+/// Chunks in flight. Small on purpose: overlapping needs only one or two, and a chunk can
+/// be hundreds of KiB on a fast link, so the queue bounds the agent's memory (peak RSS).
+const QUEUE: usize = 4;
 
 enum Msg {
     Data(Bytes),
