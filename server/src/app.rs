@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use chrono::{DateTime, Utc};
 
@@ -65,6 +65,7 @@ impl HasTokens for AppState {
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let metrics = Arc::clone(&state.metrics);
+    let small_body_cap = usize::try_from(state.limits.max_body_bytes).unwrap_or(usize::MAX);
     crate::routes::repo::routes()
         .merge(crate::routes::publish::routes(&state.limits))
         .merge(crate::routes::health::routes())
@@ -74,10 +75,43 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::fleet::routes())
         .merge(crate::ui::routes())
         .layer(middleware::from_fn(move |req: Request, next: Next| {
+            read_small_body_first(small_body_cap, req, next)
+        }))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
             let metrics = Arc::clone(&metrics);
             async move { count(metrics, req, next).await }
         }))
         .with_state(state)
+}
+
+/// Reads a small request body (declared length within the JSON limit) before routing.
+///
+/// A handler that refuses early (wrong content type, no token, no permission) never reads
+/// the body; hyper then closes the connection with the body unread, the kernel answers the
+/// rest with a reset, and the client sees a broken connection instead of the JSON error.
+/// Reading small bodies first makes every refusal arrive; uploads (large or chunked bodies)
+/// still stream.
+async fn read_small_body_first(cap: usize, req: Request, next: Next) -> Response {
+    let small = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > 0 && n <= cap);
+    if !small {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, cap).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            crate::error::ApiFailure::bad_request(format!("could not read the request body: {e}"))
+                .into_response()
+        }
+    }
 }
 
 async fn count(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
