@@ -9,10 +9,12 @@
 //! `hash` (64 lowercase hex) + `"\n"` + `body`. `body` is the canonical JSON of the entry
 //! without `hash`: the object
 //! `{"action":..,"actor":..,"at":..,"detail":..,"prev_hash":..,"seq":..,"subject":..}` with
-//! keys sorted by their UTF-8 bytes at every level, no whitespace, strings escaping only `"`
-//! and `\` (as `\"`, `\\`) and U+0000..U+001F (as `\u00xx`, lowercase hex), other characters
-//! as raw UTF-8, integers in decimal, `at` as RFC 3339 in UTC with a `Z` suffix and only as
-//! many fractional digits as needed (chrono's `SecondsFormat::AutoSi`).
+//! keys sorted by their UTF-8 bytes at every level, no whitespace, strings escaped as
+//! `serde_json` writes them (`\"`, `\\`, `\n`, `\t`, ..., other control characters as
+//! `\u00xx`), other characters as raw UTF-8, numbers as `serde_json` prints them — the
+//! canonical form of the devices' operation log ([`ota_common::oplog::canonical_bytes`]);
+//! `at` as RFC 3339 in UTC with a `Z` suffix and only as many fractional digits as needed
+//! (chrono's `SecondsFormat::AutoSi`).
 //!
 //! `hash = lowercase_hex(SHA-256("ota-audit-v1\n" || body))`. The first entry's `prev_hash`
 //! is 64 zeros ([`GENESIS_PREV_HASH`]). Verification hashes the stored `body` bytes as they
@@ -429,62 +431,8 @@ fn canonical_body(
     obj.insert("subject".into(), Value::from(subject));
     obj.insert("detail".into(), detail.clone());
     obj.insert("prev_hash".into(), Value::from(prev_hash));
-    let mut out = Vec::with_capacity(256);
-    write_canonical(&Value::Object(obj), &mut out);
-    out
-}
-
-/// Canonical JSON: sorted keys, no whitespace, minimal string escaping.
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Value::String(s) => write_string(s, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            // Sort explicitly: serde_json's map order depends on its features.
-            let mut fields: Vec<(&String, &Value)> = map.iter().collect();
-            fields.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, val)) in fields.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_canonical(val, out);
-            }
-            out.push(b'}');
-        }
-    }
-}
-
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
+    // The same canonical form as the devices' operation log (one implementation).
+    ota_common::oplog::canonical_bytes(&Value::Object(obj))
 }
 
 #[cfg(test)]
@@ -537,7 +485,7 @@ mod tests {
             .unwrap();
         let body = concat!(
             r#"{"action":"publish","actor":"alice","at":"2024-01-02T03:04:05Z","#,
-            r#""detail":{"a":"q\"\\\u000aé","z":[1,true,null]},"#,
+            r#""detail":{"a":"q\"\\\né","z":[1,true,null]},"#,
             r#""prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","#,
             r#""seq":1,"subject":"fw 1.2"}"#
         );
