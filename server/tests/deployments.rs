@@ -7,15 +7,15 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (docs/HELPERS.md)
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
+use support::repository;
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use ota_common::api::{ApiError, PollResponse};
-use ota_common::keys::SigningKey;
-use ota_common::metadata::{RoleType, Root};
-use ota_common::signed::sign_role;
 use ota_server::app::{router, AppState};
 use ota_server::audit::AuditLog;
 use ota_server::auth::{Role, Tokens};
@@ -25,7 +25,6 @@ use ota_server::devices::{DeviceConfig, Devices};
 use ota_server::limits::Limits;
 use ota_server::metrics::Metrics;
 use ota_server::pki::DevPki;
-use ota_server::repo::{OnlineKeys, RepoPolicy, Repository};
 use ota_server::serve::{serve_with_metrics, TransportMetrics};
 use ota_server::store::sled::SledStore;
 use ota_server::store::Store;
@@ -49,29 +48,6 @@ struct TestServer {
     viewer: String,
     publisher: String,
     _dir: tempfile::TempDir,
-}
-
-fn repository(store: &Arc<dyn Store>) -> Repository {
-    let now = Utc::now();
-    let root_key = SigningKey::generate();
-    let keys = OnlineKeys {
-        snapshot: SigningKey::generate(),
-        timestamp: SigningKey::generate(),
-        targets: Some(SigningKey::generate()),
-    };
-    let mut root = Root::new(1, now + Duration::days(365));
-    root.set_role(RoleType::Root, &[root_key.public()], 1)
-        .unwrap();
-    root.set_role(RoleType::Snapshot, &[keys.snapshot.public()], 1)
-        .unwrap();
-    root.set_role(RoleType::Timestamp, &[keys.timestamp.public()], 1)
-        .unwrap();
-    let targets_key = keys.targets.as_ref().unwrap().public();
-    root.set_role(RoleType::Targets, &[targets_key], 1).unwrap();
-    let root_bytes = sign_role(&root, &[&root_key]).unwrap();
-    let policy = RepoPolicy::default();
-    Repository::initialize(store.as_ref(), &[root_bytes], None, &keys, &policy, now).unwrap();
-    Repository::open(Arc::clone(store), keys, policy).unwrap()
 }
 
 impl TestServer {
