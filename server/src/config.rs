@@ -66,6 +66,18 @@ pub struct ServerConfig {
     /// Deployments and fleet detectors (`[fleet]`: tick interval, silence rule).
     #[serde(default)]
     pub fleet: crate::deployments::FleetConfig,
+    /// Encryption at rest of device data (`[store]`: where the key lives).
+    #[serde(default)]
+    pub store: StoreSettings,
+}
+
+/// Encryption at rest of the device trees (see `store::sealed`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// The 32-byte store key (64 hex digits, mode 0600). Unset: `<data_dir>/store.key`,
+    /// created on first start. Production: put it on another volume or a secrets mount.
+    pub key_file: Option<PathBuf>,
 }
 
 /// TUF material for production.
@@ -106,6 +118,10 @@ pub struct DeviceSettings {
     pub poll_interval_secs: u64,
     /// How often last-seen times kept in memory are written to the store.
     pub last_seen_flush_secs: u64,
+    /// Status reports kept per device (oldest deleted first).
+    pub keep_status_reports: usize,
+    /// Operation-log records kept per device (oldest deleted first).
+    pub keep_oplog_records: u64,
 }
 
 impl Default for DeviceSettings {
@@ -114,6 +130,8 @@ impl Default for DeviceSettings {
             rollout: None,
             poll_interval_secs: 300,
             last_seen_flush_secs: 30,
+            keep_status_reports: 200,
+            keep_oplog_records: 10_000,
         }
     }
 }
@@ -135,7 +153,16 @@ impl ServerConfig {
             repo_policy: RepoPolicy::default(),
             devices: DeviceSettings::default(),
             fleet: crate::deployments::FleetConfig::default(),
+            store: StoreSettings::default(),
         }
+    }
+
+    /// Where the store encryption key is read from (and created on first start).
+    pub fn store_key_file(&self) -> PathBuf {
+        self.store
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::store::sealed::KEY_FILE_NAME))
     }
 
     /// Reads a TOML file.
@@ -181,6 +208,12 @@ impl ServerConfig {
                 "devices.poll_interval_secs must be at least 1".into(),
             ));
         }
+        if self.devices.keep_status_reports == 0 || self.devices.keep_oplog_records == 0 {
+            return Err(ConfigError::Invalid(
+                "devices.keep_status_reports and devices.keep_oplog_records must be at least 1"
+                    .into(),
+            ));
+        }
         self.fleet.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
@@ -203,6 +236,17 @@ mod tests {
         assert!(cfg.validate().is_err());
         let cfg: ServerConfig = toml::from_str("data_dir = \"/x\"\ndev = true").unwrap();
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn store_key_file_defaults_to_data_dir() {
+        let cfg: ServerConfig = toml::from_str("data_dir = \"/x\"\ndev = true").unwrap();
+        assert_eq!(cfg.store_key_file(), Path::new("/x/store.key"));
+        let cfg: ServerConfig =
+            toml::from_str("data_dir = \"/x\"\ndev = true\n[store]\nkey_file = \"/secrets/k\"")
+                .unwrap();
+        assert_eq!(cfg.store_key_file(), Path::new("/secrets/k"));
+        assert!(toml::from_str::<ServerConfig>("data_dir = \"/x\"\n[store]\nkey = \"k\"").is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::metrics::{inc, Metrics};
 use crate::pki::DevPki;
 use crate::repo::{OnlineKeys, Repository};
 use crate::serve::{serve_with_metrics, TransportMetrics};
+use crate::store::sealed::{SealedStore, SEALED_TREES};
 use crate::store::sled::SledStore;
 use crate::store::Store;
 
@@ -55,12 +56,17 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     let now = chrono::Utc::now();
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| fail("creating the data directory")(e.to_string()))?;
-    let store: Arc<dyn Store> =
+    let raw: Arc<dyn Store> =
         Arc::new(SledStore::open(&cfg.data_dir.join("store")).map_err(|e| {
             fail("opening the store (is another ota-server using this data directory?)")(
                 e.to_string(),
             )
         })?);
+    // Device data is encrypted at rest; everything below sees plaintext.
+    let store: Arc<dyn Store> = Arc::new(
+        SealedStore::open(raw, &cfg.store_key_file(), SEALED_TREES)
+            .map_err(|e| fail("opening the encrypted store")(e.to_string()))?,
+    );
     let blobs = BlobStore::open(&cfg.data_dir.join("blobs"))
         .map_err(|e| fail("opening the blob store")(e.to_string()))?;
 
@@ -163,6 +169,8 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
     let device_config = DeviceConfig {
         poll_interval_secs: cfg.devices.poll_interval_secs,
         directed_updates: cfg.rollout_mode() == crate::config::RolloutMode::Deployments,
+        keep_status_reports: cfg.devices.keep_status_reports,
+        keep_oplog_records: cfg.devices.keep_oplog_records,
         ..DeviceConfig::default()
     };
     let devices = Arc::new(

@@ -266,7 +266,17 @@ impl Devices {
         let mut spent = token.clone();
         spent.used_at = Some(now);
         spent.used_for = Some(device.to_owned());
+        // A re-enrolled device was usually wiped: its agent starts a new operation log at
+        // seq 1. Mark the stored chain so that restart is accepted, not flagged as a break.
+        let is_reenrollment = old.is_some();
         let mut ops = Self::record_ops(old, &mut rec)?;
+        let oplog_reset = if is_reenrollment {
+            let (reset_ops, detail) = self.oplog_reset_ops(device, now)?;
+            ops.extend(reset_ops);
+            detail
+        } else {
+            serde_json::Value::Null
+        };
         ops.push(Op::expect(
             ENROLL_TOKENS_TREE,
             hash.as_bytes(),
@@ -278,7 +288,7 @@ impl Devices {
             &actor,
             "device.enroll",
             device,
-            json!({ "token": token.id, "was": was, "cert_sha256": fp }),
+            json!({ "token": token.id, "was": was, "cert_sha256": fp, "oplog_reset": oplog_reset }),
             now,
         ) {
             Ok(_) => {}
@@ -455,5 +465,60 @@ mod tests {
         assert_ne!(second.cert_sha256, first.cert_sha256);
         assert_eq!(second.previous_cert_sha256, first.cert_sha256);
         assert_eq!(second.first_cert_sha256, first.cert_sha256);
+    }
+
+    fn oplog(life: &str, n: u64) -> Vec<ota_common::api::OplogRecord> {
+        let mut head = crate::oplog_chain::ChainHead::genesis();
+        (0..n)
+            .map(|i| {
+                let r = ota_common::api::OplogRecord::next(
+                    &head,
+                    "2025-02-01T00:00:00.000Z".into(),
+                    "boot".into(),
+                    json!({ "life": life, "i": i }),
+                );
+                head = crate::oplog_chain::head_after(&r);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wiped_device_that_re_enrolls_starts_a_new_oplog_without_alarm() {
+        let e = env();
+        let now = Utc::now();
+        let d = &e.devices;
+        let (t1, _) = d
+            .create_enroll_token(Some("dev-a"), None, &e.audit, "op", now)
+            .unwrap();
+        d.enroll(&req(&t1, "dev-a"), Some(&e.pki), &e.audit, now)
+            .unwrap();
+        assert!(
+            d.record_oplog("dev-a", &oplog("one", 5), now)
+                .unwrap()
+                .chain_ok
+        );
+        // Wiped, then re-enrolled with a token bound to its id: its log restarts at seq 1.
+        let (t2, _) = d
+            .create_enroll_token(Some("dev-a"), None, &e.audit, "op", now)
+            .unwrap();
+        d.enroll(&req(&t2, "dev-a"), Some(&e.pki), &e.audit, now)
+            .unwrap();
+        let ack = d.record_oplog("dev-a", &oplog("two", 2), now).unwrap();
+        assert!(ack.chain_ok, "{ack:?}");
+        assert!(d.list_anomalies(None, 10).unwrap().0.is_empty());
+        // The reset is on the audit record of the re-enrollment.
+        let entries = e.audit.list(0, 100).unwrap();
+        let enroll = entries
+            .iter()
+            .rfind(|en| en.action == "device.enroll")
+            .unwrap();
+        assert_eq!(enroll.detail["oplog_reset"]["oplog_head_seq"], 5);
+        // Without the re-enrollment, a second restart is a rewritten log.
+        assert!(
+            !d.record_oplog("dev-a", &oplog("three", 1), now)
+                .unwrap()
+                .chain_ok
+        );
     }
 }

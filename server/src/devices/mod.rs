@@ -79,6 +79,12 @@ pub struct DeviceConfig {
     /// Whether devices install only what a deployment sends them (see
     /// [`crate::config::RolloutMode`]). Default true.
     pub directed_updates: bool,
+    /// Status reports kept per device; storing a new one deletes the oldest beyond this
+    /// (with their idempotency ids). Default 200, at least 1.
+    pub keep_status_reports: usize,
+    /// Operation-log records kept per device: those more than this many seqs behind the
+    /// head are deleted as new ones arrive. Default 10 000, at least 1.
+    pub keep_oplog_records: u64,
 }
 
 impl Default for DeviceConfig {
@@ -87,6 +93,8 @@ impl Default for DeviceConfig {
             poll_interval_secs: 300,
             identity_window_secs: 86_400,
             directed_updates: true,
+            keep_status_reports: 200,
+            keep_oplog_records: 10_000,
         }
     }
 }

@@ -206,6 +206,7 @@ impl Devices {
         ops.push(Op::expect(STATUS_IDS_TREE, id_key.clone(), None));
         ops.push(Op::put(STATUS_IDS_TREE, id_key, report_key.clone()));
         ops.push(Op::put_json(STATUS_TREE, report_key, &stored)?);
+        self.prune_status_ops(device, &mut ops)?;
         self.store.apply_batch(ops)?;
         if newer {
             self.cache_put(Arc::new(rec));
@@ -213,6 +214,27 @@ impl Devices {
         drop(guard);
         self.store.flush()?;
         Ok(true)
+    }
+
+    /// Adds to `ops` the deletion of the device's oldest status reports (and their ids)
+    /// so that, with the one being stored, [`super::DeviceConfig::keep_status_reports`]
+    /// remain. Reads only the id index, whose values are the report keys (newest first).
+    fn prune_status_ops(&self, device: &str, ops: &mut Vec<Op>) -> Result<(), StoreError> {
+        let keep = self.config().keep_status_reports.max(1);
+        let mut ids = self
+            .store
+            .scan_prefix(STATUS_IDS_TREE, &device_prefix(device))?;
+        let excess = (ids.len() + 1).saturating_sub(keep);
+        if excess == 0 {
+            return Ok(());
+        }
+        // Report keys hold the inverted receive time: the largest are the oldest.
+        ids.sort_by(|a, b| b.1.cmp(&a.1));
+        for (id_key, report_key) in ids.into_iter().take(excess) {
+            ops.push(Op::delete(STATUS_IDS_TREE, id_key));
+            ops.push(Op::delete(STATUS_TREE, report_key));
+        }
+        Ok(())
     }
 
     /// Stores the anomalies of an accepted device (oldest first); those whose id was
@@ -333,6 +355,10 @@ impl Devices {
             ops.push(Op::delete(ANOMALIES_TREE, feed));
         }
         ops.push(Op::delete(OPLOG_HEADS_TREE, device.as_bytes()));
+        ops.push(Op::delete(
+            OPLOG_HEADS_TREE,
+            super::oplog::reset_key(device),
+        ));
         Ok(json!({ "status_reports": status, "anomalies": anomalies, "oplog_records": oplog }))
     }
 
@@ -516,6 +542,33 @@ mod tests {
         assert_eq!(rest[0].id, "a");
         assert!(next.is_none());
         assert_eq!(d.detail("d1", 10).unwrap().unwrap().anomalies.len(), 3);
+    }
+
+    #[test]
+    fn status_reports_beyond_the_bound_are_deleted_oldest_first() {
+        let (store, d, audit) = setup();
+        accept(&d, &audit);
+        assert_eq!(d.config().keep_status_reports, 200);
+        let t0: DateTime<Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
+        for i in 0..205i64 {
+            let r = status(
+                &format!("r{i}"),
+                UpdateState::Downloading,
+                "2025-01-01T00:00:00Z",
+            );
+            assert!(d
+                .record_status("d1", &r, t0 + chrono::Duration::seconds(i))
+                .unwrap());
+        }
+        let prefix = device_prefix("d1");
+        assert_eq!(store.scan_prefix(STATUS_TREE, &prefix).unwrap().len(), 200);
+        assert_eq!(
+            store.scan_prefix(STATUS_IDS_TREE, &prefix).unwrap().len(),
+            200
+        );
+        let detail = d.detail("d1", 1000).unwrap().unwrap();
+        assert_eq!(detail.status_reports.first().unwrap().report.id, "r204");
+        assert_eq!(detail.status_reports.last().unwrap().report.id, "r5");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! [`StoreExt`], implemented for every store (including `dyn Store`).
 //!
 //! Backends: [`sled::SledStore`] (production, embedded) and [`memory::MemoryStore`] (tests).
+//! [`sealed::SealedStore`] wraps a backend and encrypts the values of the device trees
+//! ([`sealed::SEALED_TREES`]) at rest; keys stay in clear (ids and ordering). The server
+//! always runs behind it; callers see plaintext and need not care.
 //!
 //! # Durability contract
 //! A write is durable only after [`Store::flush`] returns. **Every write that the server
@@ -21,6 +24,7 @@
 //! writers can race.
 
 pub mod memory;
+pub mod sealed;
 pub mod sled;
 
 use std::fmt;
@@ -221,6 +225,18 @@ pub enum StoreError {
         /// serde_json's error.
         #[source]
         source: serde_json::Error,
+    },
+    /// A value of an encrypted tree could not be sealed or opened (see [`sealed`]).
+    #[error("{op} {tree}/{key}: {failure}", key = KeyDisplay(.key))]
+    Sealed {
+        /// "get", "scan", "seal", "compare" or "upgrade".
+        op: &'static str,
+        /// Tree name.
+        tree: String,
+        /// Key bytes.
+        key: Vec<u8>,
+        /// What was wrong with the value.
+        failure: sealed::SealFailure,
     },
     /// An [`Op::Expect`] in a batch did not hold; nothing was applied.
     #[error(transparent)]
