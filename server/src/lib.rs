@@ -32,6 +32,8 @@ pub mod blobs;
 #[deny(missing_docs)]
 pub mod config;
 #[deny(missing_docs)]
+pub mod conn_threads;
+#[deny(missing_docs)]
 pub mod deployments;
 #[deny(missing_docs)]
 pub mod devices;

@@ -53,6 +53,10 @@ pub struct Limits {
     /// `serve` returns anyway. Default 30 s.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Threads serving connections, each running its own single-threaded event loop
+    /// (a connection stays on one thread for its life; see `conn_threads`). 0, the
+    /// default, means one per CPU.
+    pub connection_threads: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_concurrent_streams: 100,
             shutdown_grace: Duration::from_secs(30),
+            connection_threads: 0,
         }
     }
 }

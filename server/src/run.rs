@@ -9,7 +9,7 @@ use ota_keys::keyfile::EncryptedKey;
 use ota_keys::passphrase::Passphrase;
 use tokio::net::TcpListener;
 
-use crate::app::{router, AppState};
+use crate::app::{router, AppParts, AppState};
 use crate::audit::AuditLog;
 use crate::auth::{Role, Tokens};
 use crate::blobs::BlobStore;
@@ -186,7 +186,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         now,
     )
     .map_err(|e| fail("opening groups and deployments")(e.to_string()))?;
-    let state = AppState {
+    let state = AppState::new(AppParts {
         devices,
         fleet: Arc::new(fleet),
         repo: Arc::new(repo),
@@ -199,7 +199,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, StartError> {
         device_ca,
         limits: cfg.limits.clone(),
         dev_mode: cfg.dev,
-    };
+    });
     Ok(Prepared {
         state,
         tls,

@@ -38,9 +38,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tower_http::limit::RequestBodyLimitLayer;
-use tracing::Instrument;
 
+use crate::conn_threads::{thread_count, ConnThreads};
 use crate::identity::PeerIdentity;
 use crate::limits::Limits;
 use crate::tls::ALPN_H2;
@@ -141,6 +140,7 @@ pub async fn serve_with_metrics(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let graceful = GracefulShutdown::new();
+    let threads = ConnThreads::start(thread_count(limits.connection_threads))?;
     // Tells connections still in the TLS handshake to give up.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -165,15 +165,22 @@ pub async fn serve_with_metrics(
         };
         bump(&ctx.metrics.connections_accepted);
         let active = ActiveGuard::new(ctx.metrics.clone(), permit);
-        let conn = handle_connection(tcp, peer, ctx.clone(), graceful.watcher(), stop_rx.clone());
-        let span = tracing::debug_span!("conn", %peer);
-        tokio::spawn(
-            async move {
-                conn.await;
-                drop(active);
+        // Handed over unregistered, so that the serving thread's reactor owns it.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "accept: could not hand the socket over");
+                continue;
             }
-            .instrument(span),
-        );
+        };
+        let (ctx, watcher, stop) = (ctx.clone(), graceful.watcher(), stop_rx.clone());
+        threads.spawn(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => handle_connection(tcp, peer, ctx, watcher, stop).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "could not register the socket"),
+            }
+            drop(active);
+        });
     }
 
     drop(listener);
@@ -188,6 +195,8 @@ pub async fn serve_with_metrics(
     {
         tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace elapsed with connections still open");
     }
+    // Connections still open past the grace are dropped with their threads.
+    let _ = tokio::task::spawn_blocking(move || threads.shutdown()).await;
     Ok(())
 }
 
@@ -229,15 +238,14 @@ impl ConnContext {
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams);
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let hard_cap = to_usize(limits.max_upload_bytes);
         // The default for buffering extractors, which upload routes raise for themselves;
         // then the hard cap, outermost, which streaming handlers cannot forget.
         let app = app
             .layer(DefaultBodyLimit::max(to_usize(limits.max_body_bytes)))
-            .layer(RequestBodyLimitLayer::new(to_usize(
-                limits.max_upload_bytes,
-            )))
-            // The hard cap answers in plain text; every refusal of the API is JSON.
-            .layer(axum::middleware::map_response(json_payload_too_large));
+            .layer(axum::middleware::from_fn(move |req, next| {
+                body_cap(hard_cap, req, next)
+            }));
         Self {
             acceptor: TlsAcceptor::from(tls),
             handshake_timeout: limits.handshake_timeout,
@@ -249,21 +257,44 @@ impl ConnContext {
     }
 }
 
-/// Rewrites a plain-text 413 (from the body-limit layers) as the API's JSON error.
-async fn json_payload_too_large(resp: axum::response::Response) -> axum::response::Response {
+/// The hard cap on every request body, and the API's JSON form of every 413.
+///
+/// A declared length above `cap` is refused before the handler runs; any other body is
+/// wrapped so that reading past `cap` fails (what `tower_http`'s `RequestBodyLimit` does,
+/// here in the same layer as the rewrite, to keep the per-request stack short). The 413
+/// of a buffering extractor (`DefaultBodyLimit`) is plain text: it is rewritten as JSON.
+async fn body_cap(
+    cap: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return too_large().into_response();
+    }
+    let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, cap)));
+    let resp = next.run(req).await;
     let is_json = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if resp.status() != http::StatusCode::PAYLOAD_TOO_LARGE || is_json {
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
         return resp;
     }
+    too_large().into_response()
+}
+
+fn too_large() -> (StatusCode, axum::Json<ota_common::api::ApiError>) {
     let body = ota_common::api::ApiError {
         error: "too_large".into(),
         message: "the request body is larger than this server accepts".into(),
     };
-    (http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body))
 }
 
 /// Keeps the connection's cap permit and the active gauge for the task's lifetime.
@@ -306,17 +337,17 @@ async fn handle_connection(
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 bump(&ctx.metrics.handshakes_failed);
-                tracing::debug!(error = %e, "TLS handshake failed");
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
                 bump(&ctx.metrics.handshake_timeouts);
-                tracing::debug!("TLS handshake timed out");
+                tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             }
         },
         _ = stop.wait_for(|stopping| *stopping) => {
-            tracing::debug!("shutdown during TLS handshake");
+            tracing::debug!(%peer, "shutdown during TLS handshake");
             return;
         }
     };
@@ -334,12 +365,13 @@ async fn handle_connection(
                 Err(e) => {
                     // The chain verified against the device CA, yet carries no usable id:
                     // serve the connection as anonymous; device routes will refuse it.
-                    tracing::debug!(error = %e, "client certificate without a usable identity");
+                    tracing::debug!(%peer, error = %e, "client certificate without a usable identity");
                     None
                 }
             });
     let h2 = session.alpn_protocol() == Some(ALPN_H2);
     tracing::debug!(
+        %peer,
         h2,
         device = identity.as_ref().map(|i| i.device_id.as_str()),
         "TLS established"
@@ -363,7 +395,7 @@ async fn handle_connection(
     // Not `serve_connection_with_upgrades`: it sniffs the version even when ALPN fixed it.
     let conn = http.serve_connection(io, service);
     if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -377,7 +409,8 @@ struct IdleTimeout<T> {
     inner: T,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
-    waiting: bool,
+    /// When the server started waiting on the peer, if it is waiting.
+    waiting_since: Option<Instant>,
 }
 
 impl<T> IdleTimeout<T> {
@@ -386,27 +419,33 @@ impl<T> IdleTimeout<T> {
             inner,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
-            waiting: false,
+            waiting_since: None,
         }
     }
 
     fn progress(&mut self) {
-        self.waiting = false;
+        self.waiting_since = None;
     }
 
     /// Called when the inner I/O is pending: starts the clock if needed, and fails once
     /// it runs out. Polling the sleep registers the waker, so the timeout fires on its own.
+    ///
+    /// The timer is not re-armed at every wait (that is a timer-wheel update per request on
+    /// a keep-alive connection): it may fire early, and is then moved to the real deadline.
     fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        if !self.waiting {
-            self.waiting = true;
-            self.sleep.as_mut().reset(Instant::now() + self.timeout);
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.timeout;
+        loop {
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= deadline => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle timeout",
+                    )))
+                }
+                Poll::Ready(()) => self.sleep.as_mut().reset(deadline),
+            }
         }
     }
 }

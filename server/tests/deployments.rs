@@ -16,7 +16,7 @@ use support::repository;
 
 use chrono::Utc;
 use ota_common::api::{ApiError, PollResponse};
-use ota_server::app::{router, AppState};
+use ota_server::app::{router, AppParts, AppState};
 use ota_server::audit::AuditLog;
 use ota_server::auth::{Role, Tokens};
 use ota_server::blobs::BlobStore;
@@ -70,7 +70,7 @@ impl TestServer {
             Utc::now(),
         )
         .unwrap();
-        let state = AppState {
+        let state = AppState::new(AppParts {
             repo: Arc::new(repository(&store)),
             blobs: BlobStore::open(&dir.path().join("blobs")).unwrap(),
             store: Arc::clone(&store),
@@ -83,7 +83,7 @@ impl TestServer {
             dev_mode: true,
             devices,
             fleet: Arc::new(fleet),
-        };
+        });
         let (fleet_tx, fleet_rx) = oneshot::channel::<()>();
         state.fleet.spawn_background(async {
             let _ = fleet_rx.await;

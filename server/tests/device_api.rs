@@ -14,7 +14,7 @@ use support::repository;
 use chrono::Utc;
 use ota_common::api::OplogRecord;
 use ota_common::api::{ApiError, OplogAck, PollResponse};
-use ota_server::app::{router, AppState};
+use ota_server::app::{router, AppParts, AppState};
 use ota_server::audit::AuditLog;
 use ota_server::auth::{Role, Tokens};
 use ota_server::blobs::BlobStore;
@@ -56,7 +56,7 @@ impl TestServer {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
         let pki = Arc::new(DevPki::load_or_create(&dir.path().join("pki")).unwrap());
         let devices = Arc::new(Devices::open(Arc::clone(&store), DeviceConfig::default()).unwrap());
-        let state = AppState {
+        let state = AppState::new(AppParts {
             repo: Arc::new(repository(&store)),
             blobs: BlobStore::open(&dir.path().join("blobs")).unwrap(),
             store: Arc::clone(&store),
@@ -78,7 +78,7 @@ impl TestServer {
                 )
                 .unwrap(),
             ),
-        };
+        });
         let tls_config = tls::server_config(&pki.tls_settings()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();

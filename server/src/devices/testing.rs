@@ -14,7 +14,7 @@ use ota_common::signed::sign_role;
 use serde_json::json;
 
 use super::{DeviceConfig, DeviceStatus, Devices};
-use crate::app::AppState;
+use crate::app::{AppParts, AppState};
 use crate::audit::AuditLog;
 use crate::auth::Tokens;
 use crate::blobs::BlobStore;
@@ -30,6 +30,12 @@ use crate::store::Store;
 
 /// A fresh state (dev mode, with a device CA) and the directory holding its files.
 pub(crate) fn state() -> (AppState, tempfile::TempDir) {
+    let (parts, dir) = parts();
+    (AppState::new(parts), dir)
+}
+
+/// The parts of [`state`], for a test that changes one before sharing them.
+pub(crate) fn parts() -> (AppParts, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let now = Utc::now();
@@ -60,7 +66,7 @@ pub(crate) fn state() -> (AppState, tempfile::TempDir) {
     let pki = DevPki::load_or_create(&dir.path().join("pki")).unwrap();
     let audit = Arc::new(AuditLog::new(Arc::clone(&store)));
     let devices = Arc::new(Devices::open(Arc::clone(&store), DeviceConfig::default()).unwrap());
-    let state = AppState {
+    let parts = AppParts {
         repo: Arc::new(repo),
         blobs: BlobStore::open(&dir.path().join("blobs")).unwrap(),
         store: Arc::clone(&store),
@@ -83,7 +89,7 @@ pub(crate) fn state() -> (AppState, tempfile::TempDir) {
             .unwrap(),
         ),
     };
-    (state, dir)
+    (parts, dir)
 }
 
 /// A registry and audit log over a fresh memory store.

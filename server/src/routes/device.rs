@@ -455,8 +455,9 @@ mod tests {
 
     #[tokio::test]
     async fn enroll_without_device_ca_is_501() {
-        let (mut state, _dir) = testing::state();
-        state.device_ca = None;
+        let (mut parts, _dir) = testing::parts();
+        parts.device_ca = None;
+        let state = crate::app::AppState::new(parts);
         let body = json!({"token": "otae_x", "device_id": "d", "csr_pem": "x"});
         let (code, body) = call(&state, "/api/v1/enroll", None, body).await;
         assert_eq!(code, StatusCode::NOT_IMPLEMENTED);
