@@ -357,18 +357,17 @@ async fn handle_connection(
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         bump(&ctx.metrics.handshakes_resumed);
     }
-    let identity =
-        session
-            .peer_certificates()
-            .and_then(|chain| match PeerIdentity::from_chain(chain) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    // The chain verified against the device CA, yet carries no usable id:
-                    // serve the connection as anonymous; device routes will refuse it.
-                    tracing::debug!(%peer, error = %e, "client certificate without a usable identity");
-                    None
-                }
-            });
+    let identity = session.peer_certificates().and_then(|chain| {
+        match PeerIdentity::from_chain(chain) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                // The chain verified against the device CA, yet carries no usable id:
+                // serve the connection as anonymous; device routes will refuse it.
+                tracing::debug!(%peer, error = %e, "client certificate without a usable identity");
+                None
+            }
+        }
+    });
     let h2 = session.alpn_protocol() == Some(ALPN_H2);
     tracing::debug!(
         %peer,
