@@ -24,6 +24,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::identity::Identity;
+use crate::sessions::DeviceSessions;
 use crate::target::Target;
 
 /// Largest response body kept in memory (JSON answers); bigger bodies are only counted.
@@ -126,7 +127,7 @@ impl TlsBase {
         }
         config.resumption = match self.resume {
             ResumeMode::Off => Resumption::disabled(),
-            ResumeMode::Device => Resumption::in_memory_sessions(4),
+            ResumeMode::Device => Resumption::store(Arc::new(DeviceSessions::default())),
             ResumeMode::Global => Resumption::store(self.global_sessions.clone()),
         };
         Ok(Arc::new(config))

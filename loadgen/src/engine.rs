@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::client::{request, Answer, ClientError, Conn, TlsBase};
 use crate::identity::{DeviceCa, IdentityError};
+use crate::progress::{Counters, Reporter};
 use crate::stats::Stats;
 use crate::target::Target;
 
@@ -229,6 +230,50 @@ pub struct Plan {
     pub duration: Duration,
     /// Longest time one request (connect included) may take.
     pub timeout: Duration,
+    /// With a new session per request: request `k` is made by device `devices[k mod len]`
+    /// instead of `k mod N` (a retry of some devices).
+    pub devices: Option<Arc<[u64]>>,
+    /// Keep the indexes of devices whose request failed or was not answered 2xx
+    /// ([`Stats::failed_devices`]).
+    pub keep_failed: bool,
+    /// Print a progress line on stderr this often, naming the run so.
+    pub progress: Option<(String, Duration)>,
+}
+
+impl Plan {
+    /// One request per device on a new session each (full handshake unless the device has
+    /// a session to resume), as fast as answered, keeping failed devices: the registration
+    /// pass of `register`, made from the run's plan.
+    pub fn one_per_device(&self, devices: u64, concurrency: usize, max: Duration) -> Plan {
+        Plan {
+            work: self.work.clone(),
+            conn: ConnMode::NewPerRequest,
+            concurrency: concurrency.max(1),
+            rate: None,
+            count: Some(devices),
+            duration: max,
+            timeout: self.timeout,
+            devices: None,
+            keep_failed: true,
+            progress: self.progress.clone(),
+        }
+    }
+}
+
+/// The device that makes request `k` of worker `w` in a fleet of `n` (see the module
+/// documentation), or the `k`-th of an explicit list.
+pub fn pick_device(k: u64, w: u64, n: u64, list: Option<&[u64]>, new_per_request: bool) -> u64 {
+    match list {
+        Some(l) if !l.is_empty() && new_per_request => {
+            let i = usize::try_from(k % l.len() as u64).unwrap_or(0);
+            l.get(i).copied().unwrap_or(0)
+        }
+        _ => match (n, new_per_request) {
+            (0, _) => 0,
+            (n, true) => k % n,
+            (n, false) => w % n,
+        },
+    }
 }
 
 struct Shared {
@@ -238,12 +283,22 @@ struct Shared {
     issued: AtomicU64,
     start: Instant,
     deadline: Instant,
+    counters: Arc<Counters>,
 }
 
 /// Runs `plan` against `target`; returns the merged stats and the wall time from the
 /// start until the last worker stopped.
 pub async fn run(plan: Plan, fleet: Arc<Fleet>, target: Target) -> (Stats, Duration) {
     let start = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let total = plan.count.or_else(|| {
+        plan.rate
+            .map(|r| (r * plan.duration.as_secs_f64()).round() as u64)
+    });
+    let _reporter = plan
+        .progress
+        .as_ref()
+        .map(|(what, every)| Reporter::start(what.clone(), Arc::clone(&counters), total, *every));
     let shared = Arc::new(Shared {
         deadline: start + plan.duration,
         plan,
@@ -251,6 +306,7 @@ pub async fn run(plan: Plan, fleet: Arc<Fleet>, target: Target) -> (Stats, Durat
         target,
         issued: AtomicU64::new(0),
         start,
+        counters,
     });
     let workers: Vec<_> = (0..shared.plan.concurrency.max(1))
         .map(|w| tokio::spawn(worker(w as u64, Arc::clone(&shared))))
@@ -290,26 +346,31 @@ async fn worker(w: u64, sh: Arc<Shared>) -> Stats {
         if Instant::now() >= sh.deadline {
             break;
         }
-        let device = match (devices, new_per_request) {
-            (0, _) => 0,
-            (n, true) => k % n,
-            (n, false) => w % n,
-        };
+        let device = pick_device(k, w, devices, plan.devices.as_deref(), new_per_request);
         let outcome = tokio::time::timeout(
             plan.timeout,
             one(&sh, &mut conn, &mut stats, device, k, new_per_request),
         )
         .await;
-        match outcome {
-            Ok(Ok(answer)) => stats.answered(answer.status.as_u16(), answer.bytes, due.elapsed()),
+        let ok = match outcome {
+            Ok(Ok(answer)) => {
+                stats.answered(answer.status.as_u16(), answer.bytes, due.elapsed());
+                answer.status.is_success()
+            }
             Ok(Err(e)) => {
                 stats.failed(e.class());
                 conn = None;
+                false
             }
             Err(_) => {
                 stats.failed("timeout");
                 conn = None;
+                false
             }
+        };
+        sh.counters.add(1, ok);
+        if !ok && plan.keep_failed {
+            stats.failed_devices.push(device);
         }
         if new_per_request {
             conn = None;
@@ -433,6 +494,9 @@ mod tests {
             count: Some(count),
             duration: Duration::from_secs(120),
             timeout: Duration::from_secs(30),
+            devices: None,
+            keep_failed: false,
+            progress: None,
         }
     }
 
@@ -470,6 +534,69 @@ mod tests {
         assert_eq!(
             (stats.ok, stats.statuses.get(&401), stats.resumed),
             (0, Some(&6), 0)
+        );
+    }
+
+    #[test]
+    fn devices_are_picked_by_request_worker_or_list() {
+        // New session per request: request k is device k mod N.
+        assert_eq!(pick_device(7, 0, 5, None, true), 2);
+        // Keep-alive: worker w is device w mod N.
+        assert_eq!(pick_device(7, 6, 5, None, false), 1);
+        // An explicit list (a retry) wraps around it.
+        let list = [40, 10, 30];
+        assert_eq!(pick_device(0, 0, 100, Some(&list), true), 40);
+        assert_eq!(pick_device(4, 0, 100, Some(&list), true), 10);
+        assert_eq!(pick_device(3, 9, 0, Some(&[]), true), 0);
+    }
+
+    #[tokio::test]
+    async fn a_pass_keeps_failed_devices_and_a_retry_polls_only_them() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let addr = server(dir.path()).await;
+        let target = Target::parse(&format!("https://{addr}")).unwrap();
+        // Without certificates every device is refused (401) and kept.
+        let base = plan(ConnMode::KeepAlive, 8, 1);
+        let pass = base.one_per_device(5, 2, Duration::from_secs(60));
+        assert_eq!(
+            (pass.conn, pass.count, pass.rate),
+            (ConnMode::NewPerRequest, Some(5), None)
+        );
+        let (stats, _) = run(
+            pass,
+            fleet(dir.path(), 5, ResumeMode::Off, false),
+            target.clone(),
+        )
+        .await;
+        let mut failed = stats.failed_devices.clone();
+        failed.sort_unstable();
+        assert_eq!(failed, vec![0, 1, 2, 3, 4]);
+        // With certificates: a pass over devices 3 and 1 polls each once, and their next
+        // sessions resume.
+        let devices = fleet(dir.path(), 5, ResumeMode::Device, true);
+        let mut retry = plan(ConnMode::NewPerRequest, 1, 4);
+        retry.devices = Some(Arc::from(vec![3u64, 1]));
+        retry.keep_failed = true;
+        let (stats, _) = run(retry, devices.clone(), target).await;
+        assert_eq!((stats.ok, stats.resumed), (4, 2), "{stats:?}");
+        assert!(stats.failed_devices.is_empty());
+        // Only devices 1 and 3 were ever made.
+        assert!(devices.configs[0].get().is_none() && devices.configs[1].get().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_device_keeps_resuming_with_its_small_ticket_store() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let addr = server(dir.path()).await;
+        let target = Target::parse(&format!("https://{addr}")).unwrap();
+        let fleet = fleet(dir.path(), 1, ResumeMode::Device, true);
+        let (stats, _) = run(plan(ConnMode::NewPerRequest, 1, 20), fleet, target).await;
+        assert_eq!(
+            (stats.ok, stats.handshakes, stats.resumed),
+            (20, 20, 19),
+            "{stats:?}"
         );
     }
 

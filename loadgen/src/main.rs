@@ -9,7 +9,10 @@
 mod client;
 mod engine;
 mod identity;
+mod probe;
+mod progress;
 mod register;
+mod sessions;
 mod stats;
 mod target;
 
@@ -57,22 +60,25 @@ enum Mode {
         /// The hardware id the devices report.
         #[arg(long, default_value = "loadgen-board")]
         hardware_id: String,
+        /// Register all --devices first, in this process (as `register` does), then poll:
+        /// the devices then resume the TLS sessions of their registration, as real devices
+        /// would (sessions cannot be handed from one process to another).
+        #[arg(long)]
+        register_first: bool,
+        #[command(flatten)]
+        reg: RegisterArgs,
     },
-    /// Makes --devices devices known and accepted: each polls once (registered as pending),
-    /// then all are accepted through POST /api/v1/devices/preauthorize with the admin
-    /// token, in batches; then each polls again to check.
+    /// Makes --devices devices known and accepted. By default all ids are accepted first
+    /// through POST /api/v1/devices/preauthorize (admin token, in batches), then each device
+    /// polls once on a new TLS session and must be answered 200.
     Register {
         #[command(flatten)]
         run: RunArgs,
         /// The hardware id the devices report.
         #[arg(long, default_value = "loadgen-board")]
         hardware_id: String,
-        /// File holding the admin (or operator) token [default: <pki>/../admin.token].
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-        /// Ids per preauthorize request (the server takes at most 1000).
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
+        #[command(flatten)]
+        reg: RegisterArgs,
     },
     /// Concurrent downloads of a target (GET, repeated): bytes/s.
     Download {
@@ -152,6 +158,36 @@ struct RunArgs {
     /// Make identities on first use inside the timed run instead of before it.
     #[arg(long)]
     lazy_identities: bool,
+    /// Print progress on stderr every this many seconds (0: never).
+    #[arg(long, default_value_t = 10.0)]
+    progress: f64,
+}
+
+/// How `register` (and `poll --register-first`) registers.
+#[derive(Args, Clone)]
+struct RegisterArgs {
+    /// File holding the admin (or operator) token [default: <pki>/../admin.token].
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Ids per preauthorize request (the server takes at most 1000).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Preauthorize all ids, then one poll per device (the default).
+    #[arg(long, conflicts_with = "poll_first")]
+    preauthorize_first: bool,
+    /// The old flow: poll (pending), preauthorize, poll again (two handshakes per device).
+    #[arg(long)]
+    poll_first: bool,
+    /// Passes over the devices whose registration poll failed.
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
+    /// Concurrent registration polls (each a new TLS session).
+    #[arg(long, default_value_t = 64)]
+    register_concurrency: usize,
+    /// The server's data directory: its disk usage is reported before and after
+    /// registering (and after polling).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// A refused command line or a failed setup.
@@ -179,6 +215,9 @@ enum SetupError {
     Register(#[from] register::RegisterError),
 }
 
+/// Most concurrent registration polls.
+const MAX_REGISTER_CONCURRENCY: usize = 4096;
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
@@ -204,31 +243,27 @@ struct Prepared {
     label: String,
 }
 
-/// Returns whether at least one request succeeded.
+/// Returns whether the run succeeded: at least one request answered 2xx (and, when
+/// registering, every device accepted).
 fn run(cli: Cli) -> Result<bool, SetupError> {
-    let (mode, args, work_of): (&str, RunArgs, WorkOf) = match cli.mode {
-        Mode::Poll { run, hardware_id } => ("poll", run, poll_work(hardware_id)),
+    let (mode, args, work_of, reg): (&str, RunArgs, WorkOf, Option<RegisterArgs>) = match cli.mode {
+        Mode::Poll {
+            run,
+            hardware_id,
+            register_first,
+            reg,
+        } => (
+            "poll",
+            run,
+            poll_work(hardware_id),
+            register_first.then_some(reg),
+        ),
         Mode::Register {
             run,
             hardware_id,
-            admin_token_file,
-            batch,
-        } => {
-            let p = prepare("register", run, poll_work(hardware_id), true)?;
-            let token_file = match (admin_token_file, &p.args.pki) {
-                (Some(f), _) => f,
-                (None, Some(pki)) => pki.join("..").join("admin.token"),
-                (None, None) => return Err(SetupError::Args("register needs --pki".into())),
-            };
-            let token = read(&token_file)?;
-            let token = String::from_utf8_lossy(&token).trim().to_owned();
-            let rt = runtime(p.args.threads)?;
-            let ok = rt.block_on(register::register(
-                p.plan, p.fleet, p.target, &token, batch, &p.label,
-            ))?;
-            return Ok(ok);
-        }
-        Mode::Download { run, path } => ("download", run, get_work(path)),
+            reg,
+        } => ("register", run, poll_work(hardware_id), Some(reg)),
+        Mode::Download { run, path } => ("download", run, get_work(path), None),
         Mode::Report { run } => (
             "report",
             run,
@@ -237,27 +272,127 @@ fn run(cli: Cli) -> Result<bool, SetupError> {
                     run: format!("lg{}", chrono::Utc::now().timestamp_micros()),
                 })
             }),
+            None,
         ),
-        Mode::Get { run, path } => ("get", run, get_work(path)),
+        Mode::Get { run, path } => ("get", run, get_work(path), None),
     };
-    let needs_devices = matches!(mode, "poll" | "report");
-    let p = prepare(mode, args, work_of, needs_devices)?;
+    let needs_devices = matches!(mode, "poll" | "report" | "register");
+    let p = prepare(mode, args, work_of, needs_devices, reg.is_some())?;
     let rt = runtime(p.args.threads)?;
     let pids = p.args.server_pids.clone();
-    let cpu_before = server_cpu(&pids);
+    let mut registered = true;
+    if let Some(reg) = &reg {
+        let label = if mode == "register" {
+            p.label.clone()
+        } else {
+            format!("{}_register", p.label)
+        };
+        // `register` alone also takes --concurrency for its polls, as before.
+        let concurrency = match mode {
+            "register" => p.args.concurrency.unwrap_or(reg.register_concurrency),
+            _ => reg.register_concurrency,
+        };
+        let spec = register_spec(reg, &p, label.clone(), concurrency)?;
+        let dir = reg.data_dir.as_deref();
+        print_probes(&label, "before", &pids, dir);
+        let outcome = rt.block_on(register::register(
+            &p.plan,
+            p.fleet.clone(),
+            p.target.clone(),
+            &spec,
+        ))?;
+        print_probes(&label, "after", &pids, dir);
+        registered = outcome.accepted == outcome.devices;
+        if mode == "register" {
+            return Ok(registered);
+        }
+    }
+    let me = [std::process::id()];
+    let cpu_before = (server_cpu(&pids), cpu_time_us(&me).ok());
     let (stats, elapsed) = rt.block_on(engine::run(
         p.plan.clone(),
         p.fleet.clone(),
         p.target.clone(),
     ));
-    let cpu_after = server_cpu(&pids);
+    let cpu_after = (server_cpu(&pids), cpu_time_us(&me).ok());
+    let used = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
     print_report(
         &p.label,
         &stats,
         elapsed,
-        cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
+        used(cpu_before.0, cpu_after.0),
+        used(cpu_before.1, cpu_after.1),
     );
-    Ok(stats.ok > 0)
+    if let Some(reg) = &reg {
+        print_probes(&p.label, "after", &pids, reg.data_dir.as_deref());
+    }
+    Ok(stats.ok > 0 && registered)
+}
+
+/// The registration of a prepared run.
+fn register_spec(
+    reg: &RegisterArgs,
+    p: &Prepared,
+    label: String,
+    concurrency: usize,
+) -> Result<register::Spec, SetupError> {
+    if concurrency == 0 || concurrency > MAX_REGISTER_CONCURRENCY {
+        return Err(SetupError::Args(format!(
+            "--register-concurrency must be 1..={MAX_REGISTER_CONCURRENCY}"
+        )));
+    }
+    let token_file = match (&reg.admin_token_file, &p.args.pki) {
+        (Some(f), _) => f.clone(),
+        (None, Some(pki)) => pki.join("..").join("admin.token"),
+        (None, None) => return Err(SetupError::Args("register needs --pki".into())),
+    };
+    let token = read(&token_file)?;
+    let token = String::from_utf8_lossy(&token).trim().to_owned();
+    Ok(register::Spec {
+        token,
+        batch: reg.batch,
+        flow: if reg.poll_first {
+            register::Flow::PollFirst
+        } else {
+            register::Flow::PreauthorizeFirst
+        },
+        retries: reg.retries,
+        concurrency,
+        label,
+        max_pass: Duration::from_secs_f64(MAX_DURATION_SECS),
+        server_pids: p.args.server_pids.clone(),
+    })
+}
+
+/// Prints the memory of the server processes and of this one, and the disk usage of the
+/// server's data directory, as `<label>_<what>_<when> value B`; failures are warned.
+fn print_probes(label: &str, when: &str, pids: &[u32], data_dir: Option<&Path>) {
+    let mut lines = Vec::new();
+    if !pids.is_empty() {
+        match probe::memory(pids) {
+            Ok(m) => {
+                lines.push(format!("{label}_server_vmrss_{when} {} B", m.rss));
+                lines.push(format!("{label}_server_vmhwm_{when} {} B", m.hwm));
+            }
+            Err(e) => eprintln!("# WARNING: server memory not measured: {e}"),
+        }
+    }
+    match probe::memory(&[]) {
+        Ok(m) => {
+            lines.push(format!("{label}_loadgen_vmrss_{when} {} B", m.rss));
+            lines.push(format!("{label}_loadgen_vmhwm_{when} {} B", m.hwm));
+        }
+        Err(e) => eprintln!("# WARNING: own memory not measured: {e}"),
+    }
+    if let Some(dir) = data_dir {
+        match probe::disk_usage(dir) {
+            Ok(b) => lines.push(format!("{label}_data_dir_{when} {b} B")),
+            Err(e) => eprintln!("# WARNING: disk usage not measured: {e}"),
+        }
+    }
+    for l in lines {
+        println!("{l}");
+    }
 }
 
 fn poll_work(hardware_id: String) -> WorkOf {
@@ -298,6 +433,7 @@ fn prepare(
     args: RunArgs,
     work_of: WorkOf,
     needs_devices: bool,
+    registers: bool,
 ) -> Result<Prepared, SetupError> {
     let bad = |m: String| Err(SetupError::Args(m));
     let target = Target::parse(&args.server)?;
@@ -329,6 +465,9 @@ fn prepare(
     }
     if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= MAX_DURATION_SECS) {
         return bad("--timeout must be in (0, 3600] seconds".into());
+    }
+    if !(args.progress.is_finite() && args.progress >= 0.0 && args.progress <= MAX_DURATION_SECS) {
+        return bad("--progress must be in [0, 3600] seconds".into());
     }
     if !(1..=64).contains(&args.threads) {
         return bad("--threads must be 1..=64".into());
@@ -376,6 +515,14 @@ fn prepare(
         },
         duration,
         timeout: Duration::from_secs_f64(args.timeout),
+        devices: None,
+        keep_failed: false,
+        progress: (args.progress > 0.0).then(|| {
+            (
+                args.label.clone().unwrap_or_else(|| mode.to_owned()),
+                Duration::from_secs_f64(args.progress),
+            )
+        }),
     };
     let label = args.label.clone().unwrap_or_else(|| mode.to_owned());
     eprintln!(
@@ -393,8 +540,12 @@ fn prepare(
     );
     if !args.lazy_identities {
         let used = match conn {
+            // Registering polls every device once.
+            _ if registers => fleet.devices(),
             ConnMode::KeepAlive => (concurrency as u64).min(fleet.devices()),
-            ConnMode::NewPerRequest => plan.count.unwrap_or(u64::MAX).min(fleet.devices()),
+            ConnMode::NewPerRequest => {
+                expected_requests(plan.count, plan.rate, args.duration).min(fleet.devices())
+            }
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let took = fleet.pregenerate(used, threads)?;
@@ -411,6 +562,17 @@ fn prepare(
         args,
         label,
     })
+}
+
+/// How many requests a new-session run can make at most: its count, or its rate times its
+/// duration (rounded up, plus a little for timing slack); unbounded otherwise. Only the
+/// devices of these requests need identities before the run.
+fn expected_requests(count: Option<u64>, rate: Option<f64>, duration: Option<f64>) -> u64 {
+    match (count, rate.zip(duration)) {
+        (Some(c), _) => c,
+        (None, Some((r, d))) => ((r * d).ceil() as u64).saturating_add(1),
+        (None, None) => u64::MAX,
+    }
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, SetupError> {
@@ -438,12 +600,19 @@ fn server_cpu(pids: &[u32]) -> Option<u64> {
     }
 }
 
-fn print_report(label: &str, stats: &Stats, elapsed: Duration, server_cpu_us: Option<u64>) {
+fn print_report(
+    label: &str,
+    stats: &Stats,
+    elapsed: Duration,
+    server_cpu_us: Option<u64>,
+    client_cpu_us: Option<u64>,
+) {
     let report = Report {
         label,
         stats,
         elapsed,
         server_cpu_us,
+        client_cpu_us,
     };
     for line in report.lines() {
         println!("{line}");
@@ -459,6 +628,14 @@ mod tests {
         let mut argv = vec!["ota-loadgen"];
         argv.extend_from_slice(args);
         run(Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn timed_runs_at_a_rate_need_only_the_identities_they_can_use() {
+        assert_eq!(expected_requests(Some(50), Some(10.0), Some(60.0)), 50);
+        assert_eq!(expected_requests(None, Some(3333.0), Some(10.0)), 33_331);
+        assert_eq!(expected_requests(None, Some(0.5), Some(3.0)), 3);
+        assert_eq!(expected_requests(None, None, Some(10.0)), u64::MAX);
     }
 
     #[test]
@@ -496,5 +673,17 @@ mod tests {
         let err =
             parse(&["poll", "--pki", pki, "--count", "1", "--devices", "1000001"]).unwrap_err();
         assert!(err.to_string().contains("--devices"), "{err}");
+        let err = parse(&["poll", "--pki", pki, "--count", "1", "--progress=-1"]).unwrap_err();
+        assert!(err.to_string().contains("--progress"), "{err}");
+        // Both flows at once are refused by the parser.
+        assert!(Cli::try_parse_from([
+            "ota-loadgen",
+            "register",
+            "--pki",
+            pki,
+            "--poll-first",
+            "--preauthorize-first"
+        ])
+        .is_err());
     }
 }

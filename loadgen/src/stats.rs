@@ -29,6 +29,8 @@ pub struct Stats {
     pub handshakes: u64,
     /// Of `handshakes`, resumed.
     pub resumed: u64,
+    /// Devices whose request failed or was not answered 2xx (only when the plan keeps them).
+    pub failed_devices: Vec<u64>,
 }
 
 impl Default for Stats {
@@ -51,6 +53,7 @@ impl Stats {
             bytes: 0,
             handshakes: 0,
             resumed: 0,
+            failed_devices: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Stats {
         self.bytes += other.bytes;
         self.handshakes += other.handshakes;
         self.resumed += other.resumed;
+        self.failed_devices.extend_from_slice(&other.failed_devices);
     }
 
     /// Requests answered (any status).
@@ -134,6 +138,8 @@ pub struct Report<'a> {
     pub elapsed: Duration,
     /// Server CPU used meanwhile, µs, if pids were given.
     pub server_cpu_us: Option<u64>,
+    /// CPU this process (the client) used meanwhile, µs, if measured.
+    pub client_cpu_us: Option<u64>,
 }
 
 impl Report<'_> {
@@ -187,16 +193,22 @@ impl Report<'_> {
                 name(&format!("failed_{class}"))
             ));
         }
-        if let Some(cpu) = self.server_cpu_us {
+        for (what, cpu) in [
+            ("server", self.server_cpu_us),
+            ("client", self.client_cpu_us),
+        ] {
+            let Some(cpu) = cpu else {
+                continue;
+            };
             out.push(format!(
                 "{} {:.3} cores",
-                name("server_cpu"),
+                name(&format!("{what}_cpu")),
                 cpu as f64 / 1e6 / secs
             ));
             if n > 0 {
                 out.push(format!(
                     "{} {:.1} us",
-                    name("server_cpu_per_req"),
+                    name(&format!("{what}_cpu_per_req")),
                     cpu as f64 / n as f64
                 ));
             }
@@ -233,6 +245,7 @@ mod tests {
             stats: &a,
             elapsed: Duration::from_secs(2),
             server_cpu_us: Some(1_000_000),
+            client_cpu_us: Some(500_000),
         }
         .lines();
         assert!(
@@ -250,6 +263,10 @@ mod tests {
         );
         assert!(
             lines.contains(&"x_server_cpu_per_req 10000.0 us".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"x_client_cpu 0.250 cores".to_string()),
             "{lines:?}"
         );
     }
