@@ -6,7 +6,7 @@
 # random images of 512 MiB, 64 MiB and 1 GiB (each for its own hardware id), issues a
 # device identity and preauthorizes it, then measures (best of TRIES each):
 #   agent_512        `ota-agent once` on a fresh device: poll, TUF refresh, download with
-#                    streaming SHA-256 into a file slot (checkpoint fsync every 8 MiB),
+#                    streaming SHA-256 into a file slot (checkpoint fsync every 32 MiB),
 #                    final fsync and hash check, bootloader marked: wall time and MB/s
 #   pipeline_512     `curl | tee slot | sha256sum` of the same target, then `sync slot`
 #                    (the same durability at the end, none of the checks)
@@ -14,7 +14,9 @@
 #   dd_fsync         dd of 512 MiB to a file on the same filesystem, conv=fsync (disk limit)
 # physical limit = the slower of curl_devnull and dd_fsync (an ideal agent overlaps both);
 # the agent's peak RSS (/usr/bin/time -v) installing the 64 MiB and the 1 GiB image;
-# the stripped size of the release agent binary.
+# the stripped size of the release agent binary; the CPU time of agent + server for one
+# install (and of curl + server for curl >/dev/null), and the floor that CPU puts on the
+# wall time when both share the machine (CPU seconds / CPUs).
 #
 # stdout: "name value unit" lines, then a table with the issue's targets. stderr: progress.
 # Everything it starts is stopped by pid. About 1-2 minutes once built.
@@ -130,6 +132,10 @@ EOF
 }
 
 now_ns() { date +%s%N; }
+# CPU seconds (user + system) the server has used so far.
+server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$SERVER_PID/stat"; }
+# CPU seconds of a command timed by /usr/bin/time -v into file $1.
+timed_cpu() { awk -F': ' '/User time|System time/ {s += $2} END {printf "%.3f", s}' "$1"; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b - a) / 1e9}'; }
 
 # Runs one agent install of image $1; sets T (s) and RSS (KiB); checks the slot's hash.
@@ -137,10 +143,13 @@ agent_install() {
   local tag=$1 t0 t1 out
   fresh_agent "$tag"
   sync
+  s0=$(server_cpu)
   t0=$(now_ns)
   ${AGENT_WRAP:-} /usr/bin/time -v -o "$RES/time-$tag.txt" "$REL/ota-agent" --config "$AGENT_DIR/agent.toml" once \
     >"$RES/agent-$tag.out" 2>"$RES/agent-$tag.err" || die "ota-agent once ($tag) failed: $(tail -3 "$RES/agent-$tag.err")"
   t1=$(now_ns)
+  s1=$(server_cpu)
+  CPU=$(awk -v a="$(timed_cpu "$RES/time-$tag.txt")" -v s0="$s0" -v s1="$s1" 'BEGIN {printf "%.3f", a + s1 - s0}')
   out=$(cat "$RES/agent-$tag.out")
   case "$out" in *reboot_requested*) ;; *) die "ota-agent once ($tag) did not install: $out";; esac
   T=$(secs "$t0" "$t1")
@@ -159,10 +168,10 @@ MIB512=$((512 * 1048576))
 mbs() { awk -v s="$1" -v b="$MIB512" 'BEGIN {printf "%.0f", b / s / 1e6}'; }
 
 cat "$BASE/img/512.bin" "$DATA/blobs/"* >/dev/null   # page cache: measure the network path, not the server's disk
-A=(); P=(); C=(); D=()
+A=(); P=(); C=(); D=(); AC=(); CC=()
 for i in $(seq 1 "$TRIES"); do
-  agent_install 512; A+=("$T"); [ "$i" = 1 ] && check_slot 512
-  info "try $i: agent $T s"
+  agent_install 512; A+=("$T"); AC+=("$CPU"); [ "$i" = 1 ] && check_slot 512
+  info "try $i: agent $T s (agent + server CPU $CPU s)"
   slot="$WORK_DIR/pipe-slot"; rm -f "$slot"; sync
   t0=$(now_ns)
   got=$(curl -sS --fail --cacert "$CA" "${TARGET_URL[512]}" | tee "$slot" | sha256sum | cut -c1-64)
@@ -170,18 +179,25 @@ for i in $(seq 1 "$TRIES"); do
   t1=$(now_ns)
   [ "$got" = "$(cat "$BASE/img/512.sha256")" ] || die "pipeline hash mismatch"
   P+=("$(secs "$t0" "$t1")"); info "try $i: curl|tee|sha256sum ${P[-1]} s"
+  s0=$(server_cpu)
   t0=$(now_ns)
-  curl -sS --fail --cacert "$CA" -o /dev/null "${TARGET_URL[512]}"
-  t1=$(now_ns); C+=("$(secs "$t0" "$t1")")
+  /usr/bin/time -v -o "$RES/time-curl.txt" curl -sS --fail --cacert "$CA" -o /dev/null "${TARGET_URL[512]}"
+  t1=$(now_ns); C+=("$(secs "$t0" "$t1")"); s1=$(server_cpu)
+  CC+=("$(awk -v a="$(timed_cpu "$RES/time-curl.txt")" -v s0="$s0" -v s1="$s1" 'BEGIN {printf "%.3f", a + s1 - s0}')")
   rm -f "$WORK_DIR/dd.bin"; sync
   t0=$(now_ns)
   dd if=/dev/zero of="$WORK_DIR/dd.bin" bs=1M count=512 conv=fsync status=none
   t1=$(now_ns); D+=("$(secs "$t0" "$t1")")
-  info "try $i: curl >/dev/null ${C[-1]} s, dd conv=fsync ${D[-1]} s"
+  info "try $i: curl >/dev/null ${C[-1]} s (curl + server CPU ${CC[-1]} s), dd conv=fsync ${D[-1]} s"
 done
 rm -f "$WORK_DIR/dd.bin" "$WORK_DIR/pipe-slot"
 TA=$(best "${A[@]}"); TP=$(best "${P[@]}"); TC=$(best "${C[@]}"); TD=$(best "${D[@]}")
 TL=$(awk -v c="$TC" -v d="$TD" 'BEGIN {print (c > d) ? c : d}')
+# CPU spent by both ends (client + server) on one install, and the floor it puts on the
+# wall time when client and server share this machine's CPUs.
+NCPU=$(nproc)
+TAC=$(best "${AC[@]}"); TCC=$(best "${CC[@]}")
+CPU_FLOOR=$(awk -v c="$TAC" -v n="$NCPU" 'BEGIN {printf "%.3f", c / n}')
 
 agent_install 64; RSS64=$RSS; T64=$T; check_slot 64
 agent_install 1g; RSS1G=$RSS; T1G=$T; check_slot 1g
@@ -198,6 +214,8 @@ emit dd_fsync_512 "$TD" s; emit dd_fsync_512_rate "$(mbs "$TD")" MB/s
 emit agent_rss_64mib "$RSS64" KiB; emit agent_install_64mib "$T64" s
 emit agent_rss_1gib "$RSS1G" KiB; emit agent_install_1gib "$T1G" s
 emit agent_stripped_size "$SIZE" B
+emit agent_install_512_cpu_both_ends "$TAC" s; emit curl_devnull_512_cpu_both_ends "$TCC" s
+emit agent_install_512_cpu_floor "$CPU_FLOOR" s
 R_LIMIT=$(awk -v a="$TA" -v l="$TL" 'BEGIN {printf "%.2f", a / l}')
 R_PIPE=$(awk -v a="$TA" -v p="$TP" 'BEGIN {printf "%.2f", p / a}')
 ok() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED"}'; }
@@ -210,6 +228,8 @@ ok() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v >= t) :
   printf '%-52s %10s  %s\n' "physical limit: curl >/dev/null over TLS (s)" "$TC" "$(mbs "$TC") MB/s"
   printf '%-52s %10s  %s\n' "physical limit: dd 512 MiB conv=fsync (s)" "$TD" "$(mbs "$TD") MB/s"
   printf '%-52s %10s  %s\n' "agent time / physical limit" "$R_LIMIT" "<= 1.15: $(ok "$R_LIMIT" '<=' 1.15)"
+  printf '%-52s %10s  %s\n' "CPU s, agent + server, one install (best)" "$TAC" "curl + server: $TCC s"
+  printf '%-52s %10s  %s\n' "  its floor on $NCPU CPUs shared by both (s)" "$CPU_FLOOR" "agent time / floor: $(awk -v a="$TA" -v f="$CPU_FLOOR" 'BEGIN {printf "%.2f", a / f}')"
   printf '%-52s %10s  %s\n' "pipeline time / agent time (speed-up)" "$R_PIPE" ">= 1.5: $(ok "$R_PIPE" '>=' 1.5)"
   printf '%-52s %10s  %s\n' "agent peak RSS, 64 MiB image (KiB)" "$RSS64" "< 16384: $(ok "$RSS64" '<=' 16383)"
   printf '%-52s %10s  %s\n' "agent peak RSS, 1 GiB image (KiB)" "$RSS1G" "< 16384: $(ok "$RSS1G" '<=' 16383)"

@@ -723,7 +723,8 @@ impl Agent {
             self.progress
                 .start(name.as_str(), pending.length, writer.position());
             let mut since_checkpoint = 0u64;
-            // Hash and write on a second thread while the next chunk arrives.
+            // Hash and write on a second thread while the next chunk arrives; checkpoints
+            // sync there too, while the download goes on, and are recorded once durable.
             let mut pipe = PipedWriter::start(writer);
             loop {
                 let chunk = match resp.chunk().await {
@@ -749,15 +750,27 @@ impl Agent {
                 }
                 since_checkpoint += len;
                 self.progress.update(pipe.position());
+                let mut durable = pipe.poll_checkpoint();
                 if since_checkpoint >= self.cfg.download.checkpoint_mib.saturating_mul(1024 * 1024)
                 {
                     since_checkpoint = 0;
-                    let offset = match pipe.checkpoint() {
+                    match pipe.begin_checkpoint() {
+                        Ok(previous) => durable = durable.or(previous.map(Ok)),
+                        Err(e) => return self.refuse_download(now, pending, e),
+                    }
+                }
+                if let Some(result) = durable {
+                    let offset = match result {
                         Ok(o) => o,
                         Err(e) => return self.refuse_download(now, pending, e),
                     };
-                    self.set_offset(offset)?;
-                    crash_point("mid_download");
+                    self.record_checkpoint(offset)?;
+                }
+            }
+            if let Some(result) = pipe.wait_checkpoint() {
+                match result {
+                    Ok(offset) => self.record_checkpoint(offset)?,
+                    Err(e) => return self.refuse_download(now, pending, e),
                 }
             }
             self.progress.finish();
@@ -807,6 +820,13 @@ impl Agent {
                 .map(Err),
             e => Err(e.into()),
         }
+    }
+
+    /// Records a durable checkpoint of the download (the slot is synced up to `offset`).
+    fn record_checkpoint(&mut self, offset: u64) -> Result<(), AgentError> {
+        self.set_offset(offset)?;
+        crash_point("mid_download");
+        Ok(())
     }
 
     fn set_offset(&mut self, offset: u64) -> Result<(), AgentError> {

@@ -3,7 +3,7 @@
 //! [`SlotWriter`]'s; this only moves it behind a bounded queue, in order, so a checkpoint
 //! still covers exactly the bytes queued before it.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -24,6 +24,8 @@ pub struct PipedWriter {
     tx: Option<SyncSender<Msg>>,
     worker: Option<JoinHandle<Result<SlotWriter, SlotError>>>,
     queued: u64,
+    /// The answer to a checkpoint started with [`PipedWriter::begin_checkpoint`].
+    pending: Option<Receiver<Result<u64, SlotError>>>,
 }
 
 /// The worker thread died without saying why (it panicked).
@@ -58,6 +60,7 @@ impl PipedWriter {
             tx: Some(tx),
             worker: Some(worker),
             queued,
+            pending: None,
         }
     }
 
@@ -88,9 +91,50 @@ impl PipedWriter {
         }
     }
 
+    /// Starts a checkpoint of everything queued so far without waiting for it: the
+    /// download goes on while the worker syncs. Collect the durable offset with
+    /// [`PipedWriter::poll_checkpoint`] or [`PipedWriter::wait_checkpoint`] (a checkpoint
+    /// still pending is waited for first, so at most one is in flight).
+    pub fn begin_checkpoint(&mut self) -> Result<Option<u64>, SlotError> {
+        let previous = self.wait_checkpoint().transpose()?;
+        let (reply_tx, reply_rx) = sync_channel(1);
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(Msg::Checkpoint(reply_tx)));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(self.failure());
+        }
+        self.pending = Some(reply_rx);
+        Ok(previous)
+    }
+
+    /// The offset made durable by the pending checkpoint, if it has completed.
+    pub fn poll_checkpoint(&mut self) -> Option<Result<u64, SlotError>> {
+        let result = match self.pending.as_ref()?.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(self.failure()),
+        };
+        self.pending = None;
+        Some(result)
+    }
+
+    /// Waits for the pending checkpoint, if any, and returns its durable offset.
+    pub fn wait_checkpoint(&mut self) -> Option<Result<u64, SlotError>> {
+        let reply = self.pending.take()?;
+        Some(match reply.recv() {
+            Ok(r) => r,
+            Err(_) => Err(self.failure()),
+        })
+    }
+
     /// Waits until everything queued is written, then makes it durable; returns the
     /// durable offset (see [`SlotWriter::checkpoint`]).
     pub fn checkpoint(&mut self) -> Result<u64, SlotError> {
+        if let Some(r) = self.wait_checkpoint() {
+            r?;
+        }
         let (reply_tx, reply_rx) = sync_channel(1);
         let sent = self
             .tx
@@ -153,6 +197,43 @@ mod tests {
             }
         }
         assert_eq!(pipe.position(), data.len() as u64);
+        let v = pipe.into_inner().unwrap().finish().unwrap();
+        assert_eq!(v.length(), data.len() as u64);
+        assert_eq!(std::fs::read(&slot).unwrap(), data);
+    }
+
+    #[test]
+    fn checkpoints_overlap_later_writes_and_cover_exactly_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("slot");
+        let data = image(2 * 1024 * 1024);
+        let spec = ImageSpec {
+            length: data.len() as u64,
+            sha256: Sha256::digest(&data).into(),
+        };
+        let mut pipe = PipedWriter::start(SlotWriter::open(&slot, spec, 0).unwrap());
+        let chunks: Vec<&[u8]> = data.chunks(64 * 1024).collect();
+        let mut durable = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            pipe.write(Bytes::copy_from_slice(chunk)).unwrap();
+            if let Some(r) = pipe.poll_checkpoint() {
+                durable.push(r.unwrap());
+            }
+            if i % 8 == 7 {
+                if let Some(previous) = pipe.begin_checkpoint().unwrap() {
+                    durable.push(previous);
+                }
+            }
+        }
+        if let Some(r) = pipe.wait_checkpoint() {
+            durable.push(r.unwrap());
+        }
+        // One per 8 chunks, each at the position where it was started, in order.
+        let want: Vec<u64> = (1..=chunks.len() / 8)
+            .map(|k| (k * 8 * 64 * 1024) as u64)
+            .collect();
+        assert_eq!(durable, want);
+        assert!(pipe.poll_checkpoint().is_none());
         let v = pipe.into_inner().unwrap().finish().unwrap();
         assert_eq!(v.length(), data.len() as u64);
         assert_eq!(std::fs::read(&slot).unwrap(), data);

@@ -18,12 +18,39 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 
 use crate::boot::Slot;
 
 /// Size of each write to the slot (and of the writer's only buffer).
 pub const WRITE_CHUNK: usize = 1 << 20;
+
+/// Chunks at least this long are written as they come, without buffering.
+const DIRECT_WRITE: usize = 64 * 1024;
+
+/// SHA-256 of an image stream (aws-lc: SHA-NI where the CPU has it).
+struct ImageHasher(aws_lc_rs::digest::Context);
+
+impl std::fmt::Debug for ImageHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImageHasher(SHA-256)")
+    }
+}
+
+impl ImageHasher {
+    fn new() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
 
 /// The two slots' targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +129,7 @@ pub struct SlotWriter {
     accepted: u64,
     /// Pending bytes; its capacity stays WRITE_CHUNK.
     buf: Vec<u8>,
-    hasher: Sha256,
+    hasher: ImageHasher,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +195,7 @@ impl SlotWriter {
             kind,
             accepted: resume_from,
             buf: Vec::with_capacity(WRITE_CHUNK),
-            hasher: Sha256::new(),
+            hasher: ImageHasher::new(),
         };
         writer.file.rewind().map_err(err("seeking slot"))?;
         hash_prefix(
@@ -199,6 +226,11 @@ impl SlotWriter {
         }
         self.hasher.update(data);
         self.accepted = offered;
+        if self.buf.is_empty() && data.len() >= DIRECT_WRITE {
+            // Large chunks go straight to the file: copying them through the buffer
+            // first would add a memory pass over the whole image.
+            return self.write_out(data);
+        }
         while !data.is_empty() {
             let room = WRITE_CHUNK - self.buf.len();
             let (now, rest) = data.split_at(room.min(data.len()));
@@ -255,23 +287,26 @@ impl SlotWriter {
                 .map_err(err("truncating slot file"))?;
         }
         self.file.sync_all().map_err(err("syncing slot"))?;
-        let actual: [u8; 32] = self.hasher.finalize().into();
-        check_hash(&self.path, &self.spec, actual)
+        check_hash(&self.path, &self.spec, self.hasher.finish())
     }
 
     fn flush_buf(&mut self) -> Result<(), SlotError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.buf)
-            .map_err(|source| SlotError::Io {
-                op: "writing slot",
-                path: self.path.clone(),
-                source,
-            })?;
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write_out(&buf);
+        self.buf = buf;
         self.buf.clear();
-        Ok(())
+        written
+    }
+
+    fn write_out(&mut self, data: &[u8]) -> Result<(), SlotError> {
+        self.file.write_all(data).map_err(|source| SlotError::Io {
+            op: "writing slot",
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -292,10 +327,10 @@ pub fn verify_slot(path: &Path, spec: ImageSpec) -> Result<VerifiedImage, SlotEr
         });
     }
     file.rewind().map_err(err("seeking slot"))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = ImageHasher::new();
     let mut buf = Vec::with_capacity(WRITE_CHUNK);
     hash_prefix(&mut file, spec.length, &mut buf, &mut hasher).map_err(err("reading slot"))?;
-    check_hash(path, &spec, hasher.finalize().into())
+    check_hash(path, &spec, hasher.finish())
 }
 
 fn check_hash(path: &Path, spec: &ImageSpec, actual: [u8; 32]) -> Result<VerifiedImage, SlotError> {
@@ -318,7 +353,7 @@ fn hash_prefix(
     reader: &mut impl Read,
     len: u64,
     buf: &mut Vec<u8>,
-    hasher: &mut Sha256,
+    hasher: &mut ImageHasher,
 ) -> io::Result<()> {
     buf.clear();
     buf.resize(WRITE_CHUNK, 0);
@@ -413,6 +448,7 @@ pub enum SlotError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// Deterministic test image of `len` bytes.
     fn image(len: usize) -> Vec<u8> {
