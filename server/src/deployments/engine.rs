@@ -3,9 +3,9 @@
 //! from a blocking thread.
 //!
 //! All changes run under the book lock, store first, memory after: each change and its
-//! audit entry are one atomic, durable batch. Lock order: book, then the registry's
-//! shards (only to count members), then the index; nothing takes them the other way
-//! round.
+//! audit entry are one atomic, durable batch. Lock order: book, then a registry shard
+//! (one at a time, only to copy it when counting members), then the index; nothing takes
+//! them the other way round.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use ota_common::release::ReleaseInfo;
 use serde_json::json;
 
 use super::groups::{GroupSpec, GROUPS_TREE};
-use super::index::Audience;
+use super::index::Counted;
 use super::model::{check_reason, Deployment, DeploymentSpec, ReleaseTarget, DEPLOYMENTS_TREE};
 use super::{Book, DeploymentView, Fleet, FleetError, GroupView};
 use crate::repo::{Repository, RELEASES_TREE};
@@ -54,13 +54,8 @@ impl Fleet {
         };
         self.audit
             .append_with(ops, actor, "group.create", &group.name, detail, now)?;
-        self.devices.with_cache_locked(|cache| {
-            let members = cache.records().filter(|r| group.contains(r)).count();
-            self.index.add_group(
-                Arc::clone(&group),
-                u64::try_from(members).unwrap_or(u64::MAX),
-            );
-        });
+        self.index
+            .count_and_add(&self.devices, Counted::Group(Arc::clone(&group)));
         book.groups.insert(group.name.clone(), Arc::clone(&group));
         Ok(self.group_view(&book, &group, false))
     }
@@ -147,17 +142,15 @@ impl Fleet {
         });
         self.audit
             .append_with(ops, actor, "deployment.create", &id, detail, now)?;
-        let target = ReleaseTarget::of(&dep);
-        self.devices.with_cache_locked(|cache| {
-            let now = Audience::count(&id, &group, &dep.policy, &target, cache.records());
-            self.index.add_deployment(
-                &id,
-                Arc::clone(&group),
-                dep.policy.clone(),
-                target.clone(),
-                now,
-            );
-        });
+        self.index.count_and_add(
+            &self.devices,
+            Counted::Deployment {
+                id: id.clone(),
+                group: Arc::clone(&group),
+                policy: dep.policy.clone(),
+                target: ReleaseTarget::of(&dep),
+            },
+        );
         book.sets.insert(id.clone(), Arc::default());
         book.deployments.insert(id.clone(), dep);
         self.install_live(&book);

@@ -53,6 +53,17 @@ pub struct DeviceFilter {
     pub hardware_id: Option<String>,
 }
 
+impl DeviceFilter {
+    /// Whether `rec` passes the filter.
+    pub fn matches(&self, rec: &DeviceRecord) -> bool {
+        self.status.is_none_or(|s| s == rec.status)
+            && self
+                .hardware_id
+                .as_deref()
+                .is_none_or(|h| rec.hardware_id.as_deref() == Some(h))
+    }
+}
+
 impl Devices {
     /// An operator accepts or rejects a device. The change and its audit entry are one
     /// atomic, durable batch; a device that already has `status` is left alone.
@@ -219,10 +230,10 @@ impl Devices {
         shard.tombstones.insert(id.to_owned(), now);
         let cached = shard.records.remove(id);
         shard.seen.remove(id);
+        if cached.is_some() {
+            self.notify(cached.as_deref(), None);
+        }
         if let Some(obs) = self.observer.get() {
-            if cached.is_some() {
-                obs.record_changed(cached.as_deref(), None);
-            }
             obs.tombstoned(id);
         }
         Ok(tomb)
@@ -231,7 +242,63 @@ impl Devices {
     /// Up to `limit` records with ids after `after`, in id order, matching `filter`, with
     /// unflushed contacts applied. Returns them and the id to continue after, if the page
     /// is full.
+    ///
+    /// A filtered list is answered from the in-memory list index once the cache holds
+    /// the fleet ([`Devices::load_all`]): O(log fleet + page), whatever the fleet size
+    /// and however few records match. The unfiltered list reads the store in id order.
     pub fn list(
+        &self,
+        filter: &DeviceFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<DeviceRecord>, Option<String>), StoreError> {
+        let filtered = filter.status.is_some() || filter.hardware_id.is_some();
+        if filtered && self.list_index.is_complete() {
+            return Ok(self.list_indexed(filter, after, limit));
+        }
+        self.list_scan(filter, after, limit)
+    }
+
+    /// Records looked at so far by filtered lists answered from the index (a cost
+    /// counter for diagnostics and tests: it grows with the pages, not the fleet).
+    pub fn list_records_examined(&self) -> u64 {
+        self.list_index.examined()
+    }
+
+    /// [`Devices::list`] from the list index and the cache.
+    fn list_indexed(
+        &self,
+        filter: &DeviceFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<DeviceRecord>, Option<String>) {
+        let mut out = Vec::new();
+        let mut cursor: Option<Arc<str>> = after.map(Arc::from);
+        while out.len() < limit {
+            let ids = self
+                .list_index
+                .ids(filter, cursor.as_deref(), limit - out.len());
+            let Some(last) = ids.last() else { break };
+            cursor = Some(Arc::clone(last));
+            self.list_index.note_examined(ids.len());
+            for id in &ids {
+                // A record may change between the index lookup and this read: the filter
+                // is checked again, and a short batch just means another lookup.
+                let Some(rec) = self.cached(id) else { continue };
+                if filter.matches(&rec) {
+                    out.push(self.with_seen(&rec));
+                }
+            }
+        }
+        let next = (out.len() == limit && limit > 0)
+            .then(|| out.last().map(|r| r.id.clone()))
+            .flatten();
+        (out, next)
+    }
+
+    /// [`Devices::list`] by scanning the store (before the cache holds the fleet, and for
+    /// the unfiltered list).
+    fn list_scan(
         &self,
         filter: &DeviceFilter,
         after: Option<&str>,
@@ -246,12 +313,7 @@ impl Devices {
             let Some((last, _)) = page.last() else { break };
             cursor = Some(last.clone());
             for (_, rec) in page {
-                let wanted = filter.status.is_none_or(|s| s == rec.status)
-                    && filter
-                        .hardware_id
-                        .as_deref()
-                        .is_none_or(|h| rec.hardware_id.as_deref() == Some(h));
-                if wanted {
+                if filter.matches(&rec) {
                     out.push(self.with_seen(&rec));
                     if out.len() == limit {
                         break;
@@ -387,6 +449,158 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(d.list(&f, None, 10).unwrap().0.len(), 1);
+    }
+
+    /// Every page of every filter, walked by cursor, from the index and from the store.
+    fn assert_index_pages_match_the_store(d: &Devices) {
+        assert!(d.list_index.is_complete());
+        let statuses = [
+            None,
+            Some(DeviceStatus::Pending),
+            Some(DeviceStatus::Accepted),
+            Some(DeviceStatus::Rejected),
+        ];
+        let boards = [None, Some("hw-0"), Some("hw-1"), Some("hw-2"), Some("none")];
+        for status in statuses {
+            for hw in boards {
+                let f = DeviceFilter {
+                    status,
+                    hardware_id: hw.map(Into::into),
+                };
+                for limit in [0, 1, 7, 50, 1000] {
+                    let mut after: Option<String> = None;
+                    for _ in 0..1000 {
+                        let fast = d.list(&f, after.as_deref(), limit).unwrap();
+                        let slow = d.list_scan(&f, after.as_deref(), limit).unwrap();
+                        let ids = |p: &(Vec<DeviceRecord>, Option<String>)| {
+                            (
+                                p.0.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+                                p.1.clone(),
+                            )
+                        };
+                        assert_eq!(
+                            ids(&fast),
+                            ids(&slow),
+                            "{f:?} after {after:?} limit {limit}"
+                        );
+                        assert_eq!(
+                            serde_json::to_value(&fast.0).unwrap(),
+                            serde_json::to_value(&slow.0).unwrap()
+                        );
+                        match fast.1 {
+                            Some(next) => after = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn indexed_listing_returns_the_store_scan_pages_and_follows_changes() {
+        let (_s, d, audit) = registry();
+        let now = Utc::now();
+        // Registered before load_all: the index starts from the loaded cache.
+        for i in 0..60 {
+            d.poll(
+                &ident(&format!("a{i:03}"), "F"),
+                &req(&format!("hw-{}", i % 3)),
+                peer(),
+                now,
+            )
+            .unwrap();
+        }
+        let (_, _) = d.list(&DeviceFilter::default(), None, 1).unwrap();
+        let fresh = Devices::open(Arc::clone(d.store()), DeviceConfig::default()).unwrap();
+        fresh.load_all().unwrap();
+        let d = fresh;
+        for i in 0..140 {
+            // Ids out of order, some unlikely to sort with the others.
+            let id = format!("{}{i}", ["b", "A", "z-", "0"][i % 4]);
+            d.poll(
+                &ident(&id, "F"),
+                &req(&format!("hw-{}", i % 3)),
+                peer(),
+                now,
+            )
+            .unwrap();
+            match i % 5 {
+                0 | 1 => {
+                    d.decide(&id, DeviceStatus::Accepted, &audit, "op", now)
+                        .unwrap();
+                }
+                2 => {
+                    d.decide(&id, DeviceStatus::Rejected, &audit, "op", now)
+                        .unwrap();
+                }
+                _ => {}
+            }
+        }
+        d.preauthorize(&["pre-1".into(), "a001".into()], &audit, "op", now)
+            .unwrap();
+        d.mark_seen("a002", peer(), now + chrono::Duration::seconds(5));
+        assert_index_pages_match_the_store(&d);
+        // Status changes, a board change, decommissions and new devices.
+        d.decide("a003", DeviceStatus::Rejected, &audit, "op", now)
+            .unwrap();
+        d.decide("b0", DeviceStatus::Rejected, &audit, "op", now)
+            .unwrap();
+        d.poll(&ident("a004", "F"), &req("hw-2"), peer(), now)
+            .unwrap();
+        d.decommission("a005", &audit, "op", now).unwrap();
+        d.decommission("A1", &audit, "op", now).unwrap();
+        d.poll(&ident("new", "F"), &req("hw-1"), peer(), now)
+            .unwrap();
+        d.poll(&ident("pre-1", "F"), &req("hw-0"), peer(), now)
+            .unwrap();
+        assert_index_pages_match_the_store(&d);
+        assert_eq!(d.list_index.len(), 60 + 140 + 2 - 2);
+        let f = DeviceFilter {
+            status: Some(DeviceStatus::Rejected),
+            hardware_id: None,
+        };
+        let (rejected, _) = d.list(&f, None, 1000).unwrap();
+        assert!(rejected.iter().any(|r| r.id == "a003"));
+        assert!(!rejected.iter().any(|r| r.id == "A1"));
+    }
+
+    #[test]
+    fn a_filtered_page_costs_the_page_not_the_fleet() {
+        let (_s, d, audit) = registry();
+        d.load_all().unwrap();
+        let now = Utc::now();
+        for i in 0..3000 {
+            d.poll(
+                &ident(&format!("d{i:05}"), "F"),
+                &req("common"),
+                peer(),
+                now,
+            )
+            .unwrap();
+        }
+        for id in ["d00010", "d01500", "d02999"] {
+            d.poll(&ident(id, "F"), &req("rare"), peer(), now).unwrap();
+            d.decide(id, DeviceStatus::Accepted, &audit, "op", now)
+                .unwrap();
+        }
+        let before = d.list_records_examined();
+        let f = DeviceFilter {
+            status: Some(DeviceStatus::Accepted),
+            hardware_id: None,
+        };
+        let (page, next) = d.list(&f, None, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        let (rest, end) = d.list(&f, next.as_deref(), 2).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(end.is_none());
+        let by_board = DeviceFilter {
+            status: None,
+            hardware_id: Some("rare".into()),
+        };
+        assert_eq!(d.list(&by_board, None, 10).unwrap().0.len(), 3);
+        // 2 + 1 + 3 records read, out of 3000.
+        assert_eq!(d.list_records_examined() - before, 6);
     }
 
     #[test]

@@ -33,6 +33,7 @@
 
 mod decisions;
 pub mod enroll;
+mod index;
 mod last_seen;
 mod observer;
 mod oplog;
@@ -41,16 +42,14 @@ pub mod reports;
 
 pub use decisions::{Decision, DeviceFilter, PreauthOutcome, MAX_PREAUTHORIZE};
 pub use last_seen::Seen;
-pub use observer::{CacheView, RecordObserver};
+pub use observer::{shard_count, shard_of, CacheView, RecordObserver};
 pub use oplog::{StoredOplog, MAX_OPLOG_BATCH};
 pub use record::{
     poll_interval_for, CertChange, DeviceRecord, DeviceStatus, LastStatus, Tombstone, DEVICES_TREE,
     TOMBSTONES_TREE,
 };
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -170,6 +169,8 @@ pub struct Devices {
     write_lock: Mutex<()>,
     /// Told of every cache change (see [`Devices::set_observer`]).
     observer: OnceLock<Arc<dyn RecordObserver>>,
+    /// The ids of cached records by the fields the list filters on.
+    list_index: index::ListIndex,
 }
 
 impl std::fmt::Debug for Devices {
@@ -195,6 +196,7 @@ impl Devices {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             write_lock: Mutex::new(()),
             observer: OnceLock::new(),
+            list_index: index::ListIndex::default(),
         };
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -236,11 +238,7 @@ impl Devices {
     }
 
     fn shard(&self, id: &str) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        id.hash(&mut h);
-        // The modulo keeps the index below SHARDS, which fits any usize.
-        let i = (h.finish() % SHARDS as u64) as usize;
-        lock(&self.shards[i])
+        lock(&self.shards[shard_of(id)])
     }
 
     fn write_guard(&self) -> MutexGuard<'_, ()> {
@@ -261,10 +259,8 @@ impl Devices {
         match shard.records.get(&rec.id) {
             Some(cur) if cur.revision >= rec.revision => {}
             old => {
-                // Under the shard lock, so the observer sees one device's changes in order.
-                if let Some(obs) = self.observer.get() {
-                    obs.record_changed(old.map(AsRef::as_ref), Some(&rec));
-                }
+                // Under the shard lock, so the observers see one device's changes in order.
+                self.notify(old.map(AsRef::as_ref), Some(&rec));
                 shard.records.insert(rec.id.clone(), rec);
             }
         }

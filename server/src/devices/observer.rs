@@ -9,15 +9,21 @@
 //!   with respect to the hooks that follow.
 //! - [`Devices::load_all`] fills the cache from the store once (at startup), which makes
 //!   "cached" mean "registered" and the observer's counters cover the whole fleet.
+//! - [`Devices::snapshot_shards`] copies the cache one shard at a time (each shard locked
+//!   only to copy its pointers), telling the caller when each copy was taken: a counter
+//!   registered before the walk can then apply a device's changes exactly when they come
+//!   after its shard's copy (see [`shard_of`]), without stalling the fleet while it counts.
 //! - [`Devices::visit_cached`] walks the cache shard by shard with last-contact times.
 //! - [`Devices::record_server_anomaly`] stores an anomaly the server detected elsewhere.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{lock, DeviceError, DeviceRecord, Devices, Shard, DEVICES_TREE, LIST_PAGE};
+use super::{lock, DeviceError, DeviceRecord, Devices, Shard, DEVICES_TREE, LIST_PAGE, SHARDS};
 use crate::store::{Op, StoreError, StoreExt};
 
 /// Told of every change of the registry's record cache.
@@ -31,6 +37,20 @@ pub trait RecordObserver: Send + Sync {
     /// An id was decommissioned (its tombstone written), or was found decommissioned when
     /// the observer was installed.
     fn tombstoned(&self, id: &str);
+}
+
+/// The index of the cache shard holding `id` (stable for the life of the process), in
+/// `0..shard_count()`.
+pub fn shard_of(id: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    // The modulo keeps the index below SHARDS, which fits any usize.
+    (h.finish() % SHARDS as u64) as usize
+}
+
+/// How many shards the cache has.
+pub fn shard_count() -> usize {
+    SHARDS
 }
 
 /// The whole record cache, with every shard locked (see [`Devices::with_cache_locked`]).
@@ -84,6 +104,38 @@ impl Devices {
         })
     }
 
+    /// Tells the list index and the observer of one change of the cache; call it under
+    /// the record's shard lock, so that both see one device's changes in order.
+    pub(super) fn notify(&self, old: Option<&DeviceRecord>, new: Option<&DeviceRecord>) {
+        self.list_index.changed(old, new);
+        if let Some(obs) = self.observer.get() {
+            obs.record_changed(old, new);
+        }
+    }
+
+    /// Copies the cache one shard at a time: for shard `i`, with only that shard locked,
+    /// calls `taken(i)` and copies the shard's record pointers; then, unlocked, calls
+    /// `visit` with the copy. A change of a device in shard `i` reaches the observer
+    /// either before `taken(i)` (and is in the copy) or after it (and is not): so a count
+    /// kept from `visit` plus the observer's changes after `taken(shard_of(id))` is exact,
+    /// while each shard is locked only for a pointer copy.
+    pub fn snapshot_shards(
+        &self,
+        mut taken: impl FnMut(usize),
+        mut visit: impl FnMut(&[Arc<DeviceRecord>]),
+    ) {
+        let mut copy: Vec<Arc<DeviceRecord>> = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            copy.clear();
+            {
+                let shard = lock(shard);
+                taken(i);
+                copy.extend(shard.records.values().map(Arc::clone));
+            }
+            visit(&copy);
+        }
+    }
+
     /// Runs `f` with every shard of the cache locked (in index order; nothing else locks
     /// two shards, so this cannot deadlock). No record is cached, changed or removed while
     /// `f` runs: polls of cached devices wait, so keep `f` to one pass over the cache.
@@ -128,6 +180,9 @@ impl Devices {
                 self.cache_put(Arc::new(rec));
             }
         }
+        // Every stored record is cached now, and every later change goes through the
+        // cache: the list index covers the fleet.
+        self.list_index.set_complete();
         Ok(n)
     }
 
