@@ -42,7 +42,7 @@ pub mod reports;
 
 pub use decisions::{Decision, DeviceFilter, PreauthOutcome, MAX_PREAUTHORIZE};
 pub use last_seen::Seen;
-pub use observer::{shard_count, shard_of, CacheView, RecordObserver};
+pub use observer::{shard_count, shard_of, RecordObserver};
 pub use oplog::{StoredOplog, MAX_OPLOG_BATCH};
 pub use record::{
     poll_interval_for, CertChange, DeviceRecord, DeviceStatus, LastStatus, Tombstone, DEVICES_TREE,

@@ -4,9 +4,9 @@
 //! - A [`RecordObserver`] is told of every change of the in-memory record cache, under the
 //!   lock of the record's shard: so for one device, the observer sees changes in the
 //!   order the cache took them, and can keep exact counters from `(old, new)` pairs.
-//! - [`Devices::with_cache_locked`] shows the whole cache with every shard locked: nothing
-//!   changes meanwhile, so a count taken there and a registration made there are exact
-//!   with respect to the hooks that follow.
+//! - [`Devices::set_observer`] replays the cache to a new observer with every shard
+//!   locked: nothing changes meanwhile, so the replay and the hooks that follow it count
+//!   every record exactly once.
 //! - [`Devices::load_all`] fills the cache from the store once (at startup), which makes
 //!   "cached" mean "registered" and the observer's counters cover the whole fleet.
 //! - [`Devices::snapshot_shards`] copies the cache one shard at a time (each shard locked
@@ -53,31 +53,31 @@ pub fn shard_count() -> usize {
     SHARDS
 }
 
-/// The whole record cache, with every shard locked (see [`Devices::with_cache_locked`]).
+/// The whole record cache with every shard locked, for [`Devices::set_observer`]'s
+/// replay (counts of new groups and deployments use [`Devices::snapshot_shards`], which
+/// never locks more than one shard).
 pub struct CacheView<'a> {
     shards: Vec<MutexGuard<'a, Shard>>,
 }
 
-impl CacheView<'_> {
+impl<'a> CacheView<'a> {
+    /// Locks every shard, in index order (nothing else locks two shards, so this cannot
+    /// deadlock). Polls of cached devices wait until the view is dropped.
+    fn lock_all(devices: &'a Devices) -> Self {
+        CacheView {
+            shards: devices.shards.iter().map(lock).collect(),
+        }
+    }
+
     /// Every cached record, in no particular order.
-    pub fn records(&self) -> impl Iterator<Item = &DeviceRecord> + '_ {
+    fn records(&self) -> impl Iterator<Item = &DeviceRecord> + '_ {
         self.shards
             .iter()
             .flat_map(|s| s.records.values().map(AsRef::as_ref))
     }
 
-    /// How many records are cached.
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.records.len()).sum()
-    }
-
-    /// Whether no record is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every decommissioned id.
-    pub fn tombstones(&self) -> impl Iterator<Item = &str> + '_ {
+    fn tombstones(&self) -> impl Iterator<Item = &str> + '_ {
         self.shards
             .iter()
             .flat_map(|s| s.tombstones.keys().map(String::as_str))
@@ -90,18 +90,17 @@ impl Devices {
     /// Only one observer can be installed; a second call returns `false` and changes
     /// nothing.
     pub fn set_observer(&self, observer: Arc<dyn RecordObserver>) -> bool {
-        self.with_cache_locked(|view| {
-            if self.observer.set(Arc::clone(&observer)).is_err() {
-                return false;
-            }
-            for rec in view.records() {
-                observer.record_changed(None, Some(rec));
-            }
-            for id in view.tombstones() {
-                observer.tombstoned(id);
-            }
-            true
-        })
+        let view = CacheView::lock_all(self);
+        if self.observer.set(Arc::clone(&observer)).is_err() {
+            return false;
+        }
+        for rec in view.records() {
+            observer.record_changed(None, Some(rec));
+        }
+        for id in view.tombstones() {
+            observer.tombstoned(id);
+        }
+        true
     }
 
     /// Tells the list index and the observer of one change of the cache; call it under
@@ -115,14 +114,14 @@ impl Devices {
 
     /// Copies the cache one shard at a time: for shard `i`, with only that shard locked,
     /// calls `taken(i)` and copies the shard's record pointers; then, unlocked, calls
-    /// `visit` with the copy. A change of a device in shard `i` reaches the observer
+    /// `visit(i, copy)`. A change of a device in shard `i` reaches the observer
     /// either before `taken(i)` (and is in the copy) or after it (and is not): so a count
     /// kept from `visit` plus the observer's changes after `taken(shard_of(id))` is exact,
     /// while each shard is locked only for a pointer copy.
     pub fn snapshot_shards(
         &self,
         mut taken: impl FnMut(usize),
-        mut visit: impl FnMut(&[Arc<DeviceRecord>]),
+        mut visit: impl FnMut(usize, &[Arc<DeviceRecord>]),
     ) {
         let mut copy: Vec<Arc<DeviceRecord>> = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
@@ -132,18 +131,8 @@ impl Devices {
                 taken(i);
                 copy.extend(shard.records.values().map(Arc::clone));
             }
-            visit(&copy);
+            visit(i, &copy);
         }
-    }
-
-    /// Runs `f` with every shard of the cache locked (in index order; nothing else locks
-    /// two shards, so this cannot deadlock). No record is cached, changed or removed while
-    /// `f` runs: polls of cached devices wait, so keep `f` to one pass over the cache.
-    pub fn with_cache_locked<R>(&self, f: impl FnOnce(&CacheView<'_>) -> R) -> R {
-        let view = CacheView {
-            shards: self.shards.iter().map(lock).collect(),
-        };
-        f(&view)
     }
 
     /// Calls `f` for every cached record with its last contact (the newer of the stored
@@ -273,10 +262,10 @@ mod tests {
         d2.set_observer(log2.clone());
         assert_eq!(d2.load_all().unwrap(), 1);
         assert_eq!(*lock(&log2.0), ["d2:tomb", "d1:->Accepted"]);
-        d2.with_cache_locked(|v| {
-            assert_eq!(v.len(), 1);
-            assert_eq!(v.tombstones().count(), 1);
-        });
+        let view = CacheView::lock_all(&d2);
+        assert_eq!(view.records().count(), 1);
+        assert_eq!(view.tombstones().collect::<Vec<_>>(), ["d2"]);
+        drop(view);
         let mut seen = Vec::new();
         d2.visit_cached(|r, last| seen.push((r.id.clone(), last)));
         assert_eq!(seen, [("d1".to_string(), Some(now))]);
