@@ -179,6 +179,10 @@ http {
     # Resumption on, as on ota-server (tickets), for the new-session comparison.
     ssl_session_cache shared:SSL:10m;
     ssl_session_tickets on;
+    # The same TLS 1.3 suite preference as ota-server (server/src/tls.rs: AES-128-GCM-SHA256
+    # first, the server's order wins), so both encrypt and hash the same way.
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
     server {
         listen $HOST:$NGINX_PORT ssl;
         server_name localhost;
@@ -196,7 +200,8 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 curl -sS --fail -o /dev/null --cacert "$CA" "$NGX/small.json" || die "nginx does not answer"
-info "versions: $("$NGINX" -v 2>&1 | sed 's/.*: //'); $(curl --version | head -1 | cut -d' ' -f1-2); TLS $(curl -sv -o /dev/null --cacert "$CA" "$NGX/small.json" 2>&1 | sed -n 's/^\* SSL connection using //p' | head -1)"
+suite() { curl -sv -o /dev/null --cacert "$CA" "$1" 2>&1 | sed -n 's/^\* SSL connection using //p' | head -1; }
+info "versions: $("$NGINX" -v 2>&1 | sed 's/.*: //'); $(curl --version | head -1 | cut -d' ' -f1-2); TLS with nginx: $(suite "$NGX/small.json"); with ota-server: $(suite "$OTA/healthz")"
 
 # ---------------------------------------------------------------- measurements
 # Sets DL_MBS (MB/s, 10^6 bytes) and DL_CORES (server cores used) for $2 streams of URL $1.

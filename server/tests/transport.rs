@@ -262,6 +262,29 @@ async fn closed_by_server(stream: &mut (impl AsyncReadExt + Unpin)) -> bool {
 }
 
 #[tokio::test]
+async fn server_prefers_aes_128_gcm_sha256_whatever_the_client_lists_first() {
+    let server = TestServer::start(Limits::default()).await;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server.pki.ca_cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    // rustls' own default order lists AES-256-GCM-SHA384 first.
+    let default = rustls::crypto::aws_lc_rs::default_provider();
+    assert_eq!(
+        default.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let config = ClientConfig::builder_with_provider(Arc::new(default))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let stream = connect(server.addr, Arc::new(config)).await.unwrap();
+    let suite = stream.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
+#[tokio::test]
 async fn trusted_client_gets_200_over_http1_and_h2() {
     let server = TestServer::start(Limits::default()).await;
 
