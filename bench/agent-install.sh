@@ -23,6 +23,7 @@
 #
 # Environment: TRIES=3, PORT=18445, BASE=/tmp/ota-bench-agent (recreated), SKIP_BUILD=1,
 #              WORK_DIR (where slots are written; default $BASE: pick the disk to measure),
+#              DIRECT_IO=1 (0: the agent writes slots through the page cache, [download] direct_io = false),
 #              AGENT_WRAP (a command prefix for the agent runs, for profiling, e.g.
 #              AGENT_WRAP="perf record -g -o /tmp/agent.perf --")
 set -euo pipefail
@@ -32,6 +33,7 @@ BASE=${BASE:-/tmp/ota-bench-agent}
 WORK_DIR=${WORK_DIR:-$BASE/work}
 PORT=${PORT:-18445}
 TRIES=${TRIES:-3}
+DIRECT_IO=${DIRECT_IO:-1}
 HOST=127.0.0.1
 REL="$ROOT/target/release"
 SERVER_PID=""
@@ -42,6 +44,7 @@ emit() { printf '%s %s %s\n' "$1" "$2" "$3"; }
 
 case "$TRIES" in ''|*[!0-9]*) die "TRIES must be a whole number";; esac
 [ "$TRIES" -ge 1 ] && [ "$TRIES" -le 10 ] || die "TRIES must be 1..10"
+case "$DIRECT_IO" in 0) DIRECT_IO_TOML=false;; 1) DIRECT_IO_TOML=true;; *) die "DIRECT_IO must be 0 or 1";; esac
 case "$BASE" in /tmp/*) ;; *) die "BASE must be under /tmp (it is deleted on each run)";; esac
 for t in curl sha256sum dd strip ss; do command -v "$t" >/dev/null || die "$t not found (apt-get install -y curl coreutils binutils iproute2)"; done
 [ -x /usr/bin/time ] || die "/usr/bin/time not found: apt-get install -y time"
@@ -126,6 +129,9 @@ b = "$d/slot-b"
 [bootloader]
 kind = "file"
 path = "$d/bootenv.json"
+
+[download]
+direct_io = $DIRECT_IO_TOML
 EOF
   "$REL/ota-agent" --config "$d/agent.toml" simulate-boot >/dev/null 2>"$RES/simulate-$1.err" || die "simulate-boot: $(cat "$RES/simulate-$1.err")"
   AGENT_DIR=$d
@@ -221,7 +227,7 @@ R_PIPE=$(awk -v a="$TA" -v p="$TP" 'BEGIN {printf "%.2f", p / a}')
 ok() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED"}'; }
 {
   echo
-  echo "# ota-agent install, $(date -u +%FT%TZ), best of $TRIES; slots in $WORK_DIR; load after: $(uptime | sed 's/.*load/load/')"
+  echo "# ota-agent install, $(date -u +%FT%TZ), best of $TRIES; slots in $WORK_DIR (direct_io = $DIRECT_IO_TOML); load after: $(uptime | sed 's/.*load/load/')"
   printf '%-52s %10s  %s\n' figure value target
   printf '%-52s %10s  %s\n' "agent install 512 MiB (s)" "$TA" "$(mbs "$TA") MB/s"
   printf '%-52s %10s  %s\n' "curl | tee slot | sha256sum; sync slot (s)" "$TP" "$(mbs "$TP") MB/s"

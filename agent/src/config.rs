@@ -156,11 +156,18 @@ pub struct DownloadConfig {
     /// this much is fetched again after a power cut. Smaller costs throughput on slow
     /// flash. Default 32.
     pub checkpoint_mib: u64,
+    /// Write the slot with O_DIRECT: no copy of the image into the page cache, which is
+    /// most of the agent's CPU on a fast link. Filesystems that refuse it (tmpfs) are
+    /// written through the cache anyway. Default true.
+    pub direct_io: bool,
 }
 
 impl Default for DownloadConfig {
     fn default() -> Self {
-        DownloadConfig { checkpoint_mib: 32 }
+        DownloadConfig {
+            checkpoint_mib: 32,
+            direct_io: true,
+        }
     }
 }
 
@@ -248,6 +255,13 @@ kind = "file"
 path = "boot.json"
 "#;
 
+    fn cfg_direct_io(text: &str) -> bool {
+        toml::from_str::<AgentConfig>(text)
+            .unwrap()
+            .download
+            .direct_io
+    }
+
     #[test]
     fn parses_and_validates() {
         let cfg: AgentConfig = toml::from_str(GOOD).unwrap();
@@ -260,5 +274,9 @@ path = "boot.json"
         let cfg: AgentConfig = toml::from_str(&bad).unwrap();
         assert!(cfg.validate().is_err());
         assert!(toml::from_str::<AgentConfig>(&format!("{GOOD}\nunknown = 1")).is_err());
+        assert!(cfg_direct_io(GOOD));
+        assert!(!cfg_direct_io(&format!(
+            "{GOOD}\n[download]\ndirect_io = false"
+        )));
     }
 }

@@ -37,7 +37,7 @@ use crate::metadata_store::MetadataStore;
 use crate::oplog::{OpKind, OpLog};
 use crate::pipeline::PipedWriter;
 use crate::progress::Progress;
-use crate::slots::{ImageSpec, SlotError, SlotSet, SlotWriter, VerifiedImage};
+use crate::slots::{ImageSpec, SlotError, SlotOptions, SlotSet, SlotWriter, VerifiedImage};
 use crate::state::{AgentState, PendingUpdate, Phase, StateStore};
 use crate::transport::{Transport, TransportError};
 
@@ -694,11 +694,15 @@ impl Agent {
             sha256: pending.sha256,
         };
         let slot_path = self.slots.path(pending.slot).to_path_buf();
-        let mut writer = match SlotWriter::open(&slot_path, spec, pending.resume_offset) {
-            Ok(w) => w,
-            Err(SlotError::ResumePastEnd { .. }) => SlotWriter::open(&slot_path, spec, 0)?,
-            Err(e) => return Err(e.into()),
-        };
+        let options = SlotOptions::direct_io(self.cfg.download.direct_io);
+        let mut writer =
+            match SlotWriter::open_with(&slot_path, spec, pending.resume_offset, options) {
+                Ok(w) => w,
+                Err(SlotError::ResumePastEnd { .. }) => {
+                    SlotWriter::open_with(&slot_path, spec, 0, options)?
+                }
+                Err(e) => return Err(e.into()),
+            };
         let kind = if writer.position() > 0 {
             OpKind::DownloadResume
         } else {

@@ -12,19 +12,27 @@
 //! returns. On restart, [`SlotWriter::open`] with that offset re-hashes the prefix already
 //! in the slot, so the final hash covers the bytes actually on disk, not a remembered
 //! hasher state.
+//!
+//! With `direct_io` in [`SlotOptions`] (the default) the slot is written with O_DIRECT
+//! (see `slots/direct_io.rs`): whole 4096-byte blocks from the aligned buffer, so checkpoints are
+//! block-aligned and the image's last partial block is written through the page cache
+//! by `finish`. Filesystems that refuse O_DIRECT are written through the cache.
+
+mod direct_io;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-
 use crate::boot::Slot;
+pub use direct_io::SlotOptions;
+use direct_io::{einval, is_einval, set_direct, AlignedBuf, Seam, BLOCK};
 
 /// Size of each write to the slot (and of the writer's only buffer).
 pub const WRITE_CHUNK: usize = 1 << 20;
 
-/// Chunks at least this long are written as they come, without buffering.
+/// Without O_DIRECT, chunks at least this long are written as they come, unbuffered.
 const DIRECT_WRITE: usize = 64 * 1024;
 
 /// SHA-256 of an image stream (aws-lc: SHA-NI where the CPU has it).
@@ -125,11 +133,18 @@ pub struct SlotWriter {
     path: PathBuf,
     spec: ImageSpec,
     kind: TargetKind,
-    /// Bytes accepted so far (flushed or in `buf`).
+    /// Bytes accepted so far (flushed or pending in the buffer).
     accepted: u64,
-    /// Pending bytes; its capacity stays WRITE_CHUNK.
-    buf: Vec<u8>,
+    /// Bytes handed to the slot: the buffer holds `accepted - flushed` more.
+    flushed: u64,
+    buf: AlignedBuf,
     hasher: ImageHasher,
+    /// O_DIRECT is set on `file`: every write is whole blocks from `buf`, at a block offset.
+    direct: bool,
+    /// No O_DIRECT write has succeeded yet: EINVAL from one means the filesystem refuses
+    /// O_DIRECT after all (some accept the flag but not the I/O), not a bad request.
+    direct_unproven: bool,
+    seam: Seam,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +157,28 @@ impl SlotWriter {
     /// Opens `path` to write the image described by `spec`, continuing after the first
     /// `resume_from` bytes (0 for a fresh start), which are read back and hashed. A missing
     /// regular file is created; a block device must be at least `spec.length` bytes.
+    /// Uses the default [`SlotOptions`] (O_DIRECT where the filesystem allows it).
     pub fn open(path: &Path, spec: ImageSpec, resume_from: u64) -> Result<Self, SlotError> {
+        Self::open_with(path, spec, resume_from, SlotOptions::default())
+    }
+
+    /// [`SlotWriter::open`] with explicit options.
+    pub fn open_with(
+        path: &Path,
+        spec: ImageSpec,
+        resume_from: u64,
+        options: SlotOptions,
+    ) -> Result<Self, SlotError> {
+        Self::open_seam(path, spec, resume_from, options, Seam::default())
+    }
+
+    fn open_seam(
+        path: &Path,
+        spec: ImageSpec,
+        resume_from: u64,
+        options: SlotOptions,
+        seam: Seam,
+    ) -> Result<Self, SlotError> {
         let err = |op: &'static str| {
             let path = path.to_path_buf();
             move |source| SlotError::Io { op, path, source }
@@ -188,28 +224,56 @@ impl SlotWriter {
             });
         }
 
+        let mut buf = AlignedBuf::new();
+        let mut hasher = ImageHasher::new();
+        // Read back before O_DIRECT is set: buffered reads need no alignment.
+        file.rewind().map_err(err("seeking slot"))?;
+        hash_prefix(&mut file, resume_from, buf.window_mut(), &mut hasher)
+            .map_err(err("re-reading written prefix of slot"))?;
+        // O_DIRECT writes start at a block boundary: a resume point inside a block (from
+        // a buffered run) restarts at the block's start, its head re-read into the buffer.
+        let flushed = if options.direct_io {
+            resume_from - resume_from % BLOCK as u64
+        } else {
+            resume_from
+        };
+        let head = (resume_from - flushed) as usize;
+        file.read_exact_at(&mut buf.window_mut()[..head], flushed)
+            .map_err(err("re-reading written prefix of slot"))?;
+        buf.len = head;
+
         let mut writer = SlotWriter {
             file,
             path: path.to_path_buf(),
             spec,
             kind,
             accepted: resume_from,
-            buf: Vec::with_capacity(WRITE_CHUNK),
-            hasher: ImageHasher::new(),
+            flushed,
+            buf,
+            hasher,
+            direct: false,
+            direct_unproven: true,
+            seam,
         };
-        writer.file.rewind().map_err(err("seeking slot"))?;
-        hash_prefix(
-            &mut writer.file,
-            resume_from,
-            &mut writer.buf,
-            &mut writer.hasher,
-        )
-        .map_err(err("re-reading written prefix of slot"))?;
-        writer
-            .file
-            .seek(SeekFrom::Start(resume_from))
-            .map_err(err("seeking slot"))?;
+        if options.direct_io {
+            let set = if seam.refuse_open {
+                Err(einval())
+            } else {
+                set_direct(&writer.file, true)
+            };
+            match set {
+                Ok(()) => writer.direct = true,
+                Err(e) if is_einval(&e) => writer.log_fallback(&e),
+                Err(e) => return Err(err("setting O_DIRECT on slot")(e)),
+            }
+        }
         Ok(writer)
+    }
+
+    /// Whether the slot is being written with O_DIRECT (false: buffered, by choice or
+    /// because the filesystem refused it).
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 
     /// Accepts the next bytes of the image. Refuses, without writing anything, bytes that
@@ -226,17 +290,16 @@ impl SlotWriter {
         }
         self.hasher.update(data);
         self.accepted = offered;
-        if self.buf.is_empty() && data.len() >= DIRECT_WRITE {
-            // Large chunks go straight to the file: copying them through the buffer
-            // first would add a memory pass over the whole image.
-            return self.write_out(data);
+        if !self.direct && self.buf.len == 0 && data.len() >= DIRECT_WRITE {
+            // Buffered I/O: large chunks go straight to the file, as copying them through
+            // the buffer first would add a memory pass over the whole image. (O_DIRECT
+            // needs the aligned buffer, and its copy replaces the kernel's.)
+            return self.write_at_flushed(data);
         }
         while !data.is_empty() {
-            let room = WRITE_CHUNK - self.buf.len();
-            let (now, rest) = data.split_at(room.min(data.len()));
-            self.buf.extend_from_slice(now);
-            data = rest;
-            if self.buf.len() == WRITE_CHUNK {
+            let n = self.buf.push(data);
+            data = &data[n..];
+            if self.buf.len == WRITE_CHUNK {
                 self.flush_buf()?;
             }
         }
@@ -254,15 +317,16 @@ impl SlotWriter {
     }
 
     /// Writes out buffered bytes and syncs them; returns the offset that is now durable,
-    /// to be recorded as the resume point.
+    /// to be recorded as the resume point. Under O_DIRECT only whole blocks are written:
+    /// the offset is a multiple of 4096 and may be up to 4095 bytes short of
+    /// [`SlotWriter::position`]; the rest stays buffered (resuming from the returned
+    /// offset fetches it again).
     pub fn checkpoint(&mut self) -> Result<u64, SlotError> {
         self.flush_buf()?;
-        self.file.sync_data().map_err(|source| SlotError::Io {
-            op: "syncing slot",
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(self.accepted)
+        // fdatasync also after O_DIRECT writes: they bypass the cache, but a grown file's
+        // size (and the allocation of its blocks) is metadata only a sync makes durable.
+        self.file.sync_data().map_err(self.io_err("syncing slot"))?;
+        Ok(self.flushed)
     }
 
     /// Completes the image: checks that exactly `spec.length` bytes were written, syncs
@@ -276,37 +340,78 @@ impl SlotWriter {
             });
         }
         self.flush_buf()?;
-        let err = |op| {
-            let path = self.path.clone();
-            move |source| SlotError::Io { op, path, source }
-        };
+        if self.buf.len > 0 {
+            // The image's last, partial block: O_DIRECT cannot write it, the cache can.
+            set_direct(&self.file, false).map_err(self.io_err("clearing O_DIRECT on slot"))?;
+            self.direct = false;
+            self.flush_buf()?;
+        }
         if self.kind == TargetKind::File {
             // A previous, longer image must not linger after this one.
             self.file
                 .set_len(self.spec.length)
-                .map_err(err("truncating slot file"))?;
+                .map_err(self.io_err("truncating slot file"))?;
         }
-        self.file.sync_all().map_err(err("syncing slot"))?;
+        self.file.sync_all().map_err(self.io_err("syncing slot"))?;
         check_hash(&self.path, &self.spec, self.hasher.finish())
     }
 
+    /// Writes the buffer out: under O_DIRECT its whole blocks (the rest moves to its
+    /// front), otherwise all of it.
     fn flush_buf(&mut self) -> Result<(), SlotError> {
-        if self.buf.is_empty() {
+        let n = if self.direct {
+            self.buf.len - self.buf.len % BLOCK
+        } else {
+            self.buf.len
+        };
+        if n == 0 {
             return Ok(());
         }
-        let buf = std::mem::take(&mut self.buf);
-        let written = self.write_out(&buf);
-        self.buf = buf;
-        self.buf.clear();
-        written
+        let mut written = self.write_block_run(n);
+        if let Err(e) = &written {
+            if self.direct && self.direct_unproven && is_einval(e) {
+                set_direct(&self.file, false).map_err(self.io_err("clearing O_DIRECT on slot"))?;
+                self.direct = false;
+                self.log_fallback(e);
+                written = self.write_block_run(n);
+            }
+        }
+        written.map_err(self.io_err("writing slot"))?;
+        self.direct_unproven &= !self.direct;
+        self.flushed += n as u64;
+        self.buf.consume(n);
+        Ok(())
     }
 
-    fn write_out(&mut self, data: &[u8]) -> Result<(), SlotError> {
-        self.file.write_all(data).map_err(|source| SlotError::Io {
-            op: "writing slot",
-            path: self.path.clone(),
-            source,
-        })
+    /// Writes the buffer's first `n` bytes where the slot's written part ends.
+    fn write_block_run(&self, n: usize) -> io::Result<()> {
+        if self.seam.refuse_first_write && self.direct && self.direct_unproven {
+            return Err(einval());
+        }
+        self.file
+            .write_all_at(&self.buf.window()[..n], self.flushed)
+    }
+
+    /// Writes `data` (buffered I/O only) where the slot's written part ends.
+    fn write_at_flushed(&mut self, data: &[u8]) -> Result<(), SlotError> {
+        self.file
+            .write_all_at(data, self.flushed)
+            .map_err(self.io_err("writing slot"))?;
+        self.flushed += data.len() as u64;
+        Ok(())
+    }
+
+    fn io_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> SlotError {
+        let path = self.path.clone();
+        move |source| SlotError::Io { op, path, source }
+    }
+
+    fn log_fallback(&self, reason: &io::Error) {
+        tracing::info!(
+            path = %self.path.display(),
+            error = %reason,
+            "slot refuses O_DIRECT; writing it through the page cache"
+        );
     }
 }
 
@@ -328,7 +433,7 @@ pub fn verify_slot(path: &Path, spec: ImageSpec) -> Result<VerifiedImage, SlotEr
     }
     file.rewind().map_err(err("seeking slot"))?;
     let mut hasher = ImageHasher::new();
-    let mut buf = Vec::with_capacity(WRITE_CHUNK);
+    let mut buf = vec![0u8; WRITE_CHUNK];
     hash_prefix(&mut file, spec.length, &mut buf, &mut hasher).map_err(err("reading slot"))?;
     check_hash(path, &spec, hasher.finish())
 }
@@ -348,18 +453,16 @@ fn check_hash(path: &Path, spec: &ImageSpec, actual: [u8; 32]) -> Result<Verifie
     })
 }
 
-/// Hashes the next `len` bytes of `reader`, through `buf` (used as scratch, capacity kept).
+/// Hashes the next `len` bytes of `reader`, through `buf` (scratch).
 fn hash_prefix(
     reader: &mut impl Read,
     len: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut [u8],
     hasher: &mut ImageHasher,
 ) -> io::Result<()> {
-    buf.clear();
-    buf.resize(WRITE_CHUNK, 0);
     let mut left = len;
     while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(WRITE_CHUNK);
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         let n = reader.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -367,7 +470,6 @@ fn hash_prefix(
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
-    buf.clear();
     Ok(())
 }
 
@@ -451,11 +553,11 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     /// Deterministic test image of `len` bytes.
-    fn image(len: usize) -> Vec<u8> {
+    pub(super) fn image(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    fn spec(data: &[u8]) -> ImageSpec {
+    pub(super) fn spec(data: &[u8]) -> ImageSpec {
         ImageSpec {
             length: data.len() as u64,
             sha256: Sha256::digest(data).into(),
@@ -463,7 +565,7 @@ mod tests {
     }
 
     /// Feeds `data` in uneven pieces, as a network stream would.
-    fn feed(writer: &mut SlotWriter, data: &[u8]) {
+    pub(super) fn feed(writer: &mut SlotWriter, data: &[u8]) {
         let sizes = [1usize, 4095, 3 << 20, 17, 65536];
         let mut rest = data;
         for size in sizes.iter().cycle() {
@@ -472,7 +574,7 @@ mod tests {
             }
             let (now, tail) = rest.split_at((*size).min(rest.len()));
             writer.write(now).unwrap();
-            assert_eq!(writer.buf.capacity(), WRITE_CHUNK, "constant memory");
+            assert_eq!(writer.buf.mem.len(), WRITE_CHUNK + BLOCK, "constant memory");
             rest = tail;
         }
     }
@@ -507,14 +609,17 @@ mod tests {
         let mut w = SlotWriter::open(&path, spec(&data), 0).unwrap();
         w.write(first).unwrap();
         let resume_at = w.checkpoint().unwrap();
-        assert_eq!(resume_at, first.len() as u64);
+        // O_DIRECT: only whole blocks are durable (buffered: everything).
+        let lag = first.len() as u64 - resume_at;
+        assert!(lag < BLOCK as u64, "{resume_at}");
+        assert_eq!(lag == 0, !w.direct(), "{resume_at}");
         // Bytes accepted after the checkpoint are lost in the "crash".
         w.write(&second[..1000]).unwrap();
         drop(w);
 
         let mut w = SlotWriter::open(&path, spec(&data), resume_at).unwrap();
         assert_eq!(w.position(), resume_at);
-        feed(&mut w, second);
+        feed(&mut w, &data[resume_at as usize..]);
         w.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
@@ -534,7 +639,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
 
         let mut w = SlotWriter::open(&path, spec(&data), at).unwrap();
-        w.write(&data[50_000..]).unwrap();
+        w.write(&data[at as usize..]).unwrap();
         let err = w.finish().unwrap_err();
         assert!(matches!(err, SlotError::HashMismatch { .. }), "{err:?}");
     }
@@ -670,6 +775,7 @@ mod tests {
 
         let data = image((3 << 20) + 5);
         let mut w = SlotWriter::open(path, spec(&data), 0).unwrap();
+        assert!(w.direct(), "loop devices take O_DIRECT");
         w.write(&data[..1 << 20]).unwrap();
         let at = w.checkpoint().unwrap();
         drop(w);

@@ -280,7 +280,12 @@ async fn server_prefers_aes_128_gcm_sha256_whatever_the_client_lists_first() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let stream = connect(server.addr, Arc::new(config)).await.unwrap();
-    let suite = stream.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    let suite = stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .unwrap()
+        .suite();
     assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
 }
 
