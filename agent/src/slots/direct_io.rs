@@ -1,7 +1,8 @@
 //! O_DIRECT for the slot writer: the block-aligned buffer that unbuffered writes must come
 //! from, and switching the flag on the open slot (fcntl through rustix: no `unsafe`).
 //! With O_DIRECT the kernel DMAs the image from the writer's buffer instead of copying it
-//! into the page cache, which was about half of the agent's CPU during an install.
+//! into the page cache: one memory pass over the image less, and a whole image no longer
+//! evicts what the device keeps cached (BENCHMARKS.md: 0.79 -> 0.74 s for 512 MiB here).
 
 use std::fs::File;
 use std::io;
