@@ -2,6 +2,7 @@
 //! polls over mutual TLS with distinctive inventory and sends a status report, then the
 //! server is stopped and every byte under its store directory is searched for that data.
 //! Without `store.key` the server refuses to start, and with it the data reads back.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod harness;
 
