@@ -96,7 +96,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ui::routes())
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let metrics = Arc::clone(&metrics);
-            async move { count(&metrics, small_body_cap, req, next).await }
+            async move { count_and_read_small_body(&metrics, small_body_cap, req, next).await }
         }))
         .with_state(state)
 }
@@ -110,7 +110,12 @@ pub fn router(state: AppState) -> Router {
 /// unread, the kernel answers the rest with a reset, and the client sees a broken
 /// connection instead of the JSON error. Reading small bodies first makes every refusal
 /// arrive; uploads (large or chunked bodies) still stream.
-async fn count(metrics: &Metrics, cap: usize, req: Request, next: Next) -> Response {
+async fn count_and_read_small_body(
+    metrics: &Metrics,
+    cap: usize,
+    req: Request,
+    next: Next,
+) -> Response {
     inc(&metrics.requests);
     let small = req
         .headers()
