@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -13,10 +14,12 @@ use crate::auth::{HasTokens, Tokens};
 use crate::blobs::BlobStore;
 use crate::deployments::Fleet;
 use crate::devices::Devices;
+use crate::fast_route::Routes;
 use crate::limits::Limits;
 use crate::metrics::{inc, Metrics};
 use crate::pki::DevPki;
 use crate::repo::Repository;
+use crate::routes::device::PollRoute;
 use crate::serve::TransportMetrics;
 use crate::store::Store;
 
@@ -82,6 +85,11 @@ impl HasTokens for AppState {
     }
 }
 
+/// The router with the device poll served ahead of it (what `serve` runs).
+pub fn routes(state: AppState) -> Routes {
+    Routes::from(router(state.clone())).with_fast_route(PollRoute::new(state))
+}
+
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let metrics = Arc::clone(&state.metrics);
@@ -116,7 +124,6 @@ async fn count_and_read_small_body(
     req: Request,
     next: Next,
 ) -> Response {
-    inc(&metrics.requests);
     let small = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -138,8 +145,14 @@ async fn count_and_read_small_body(
     } else {
         next.run(req).await
     };
-    if resp.status().is_client_error() || resp.status().is_server_error() {
+    count_answered(metrics, resp.status());
+    resp
+}
+
+/// Counts an answered request, and it as an error if `status` is one.
+pub fn count_answered(metrics: &Metrics, status: StatusCode) {
+    inc(&metrics.requests);
+    if status.is_client_error() || status.is_server_error() {
         inc(&metrics.errors);
     }
-    resp
 }

@@ -10,6 +10,7 @@
 //! - [`limits`]: the documented resource limits of the transport, with safe defaults.
 //! - [`serve`]: the accept loop: connection cap, handshake timeout, HTTP/1.1 and HTTP/2,
 //!   graceful shutdown, transport metrics.
+//! - [`fast_route`]: the device poll answered ahead of the router when it can be.
 //!
 //! Storage: [`store`], [`blobs`], [`audit`], with durable writes in [`fsutil`].
 //!
@@ -41,6 +42,8 @@ pub mod devices;
 pub mod devsetup;
 #[deny(missing_docs)]
 pub mod error;
+#[deny(missing_docs)]
+pub mod fast_route;
 #[deny(missing_docs)]
 pub mod fsutil;
 #[deny(missing_docs)]

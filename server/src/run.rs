@@ -9,7 +9,7 @@ use ota_keys::keyfile::EncryptedKey;
 use ota_keys::passphrase::Passphrase;
 use tokio::net::TcpListener;
 
-use crate::app::{router, AppParts, AppState};
+use crate::app::{routes, AppParts, AppState};
 use crate::audit::AuditLog;
 use crate::auth::{Role, Tokens};
 use crate::blobs::BlobStore;
@@ -280,7 +280,7 @@ pub async fn run(
     let fleet_task = state.fleet.spawn_background(async {
         let _ = fleet_rx.await;
     });
-    let app = router(state.clone());
+    let app = routes(state.clone());
     let result = serve_with_metrics(
         listener,
         prepared.tls,

@@ -6,7 +6,8 @@
 //! 2. the TLS handshake, bounded by [`Limits::handshake_timeout`];
 //! 3. the peer identity, read from the verified client certificate if there is one;
 //! 4. HTTP by ALPN (`h2` or HTTP/1.1), with the header-read and idle timeouts, serving the
-//!    router with a [`ConnectionInfo`] in every request's extensions.
+//!    router with a [`ConnectionInfo`] in every request's extensions (a fast route, if
+//!    given, first: see [`crate::fast_route`]).
 //!
 //! Shutdown: when the shutdown future completes, the listener is closed, handshakes in
 //! progress are abandoned, and established connections are asked to finish gracefully
@@ -24,8 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, OptionalFromRequestParts};
-use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -37,9 +37,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::conn_threads::{thread_count, ConnThreads};
+use crate::fast_route::{self, Routes};
 use crate::identity::PeerIdentity;
 use crate::limits::Limits;
 use crate::tls::ALPN_H2;
@@ -118,7 +118,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     limits: Limits,
-    app: Router,
+    app: impl Into<Routes>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let metrics = Arc::new(TransportMetrics::new());
@@ -130,11 +130,11 @@ pub async fn serve_with_metrics(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     limits: Limits,
-    app: Router,
+    app: impl Into<Routes>,
     metrics: Arc<TransportMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let ctx = Arc::new(ConnContext::new(tls, &limits, app, metrics));
+    let ctx = Arc::new(ConnContext::new(tls, &limits, app.into(), metrics));
     // Semaphore::new panics above MAX_PERMITS; no real cap gets near it.
     let permits = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
@@ -218,7 +218,9 @@ struct ConnContext {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     http: auto::Builder<TokioExecutor>,
-    app: Router,
+    routes: Routes,
+    /// The small-body limit, for what a fast route reads.
+    body_cap: usize,
     metrics: Arc<TransportMetrics>,
 }
 
@@ -226,7 +228,7 @@ impl ConnContext {
     fn new(
         tls: Arc<rustls::ServerConfig>,
         limits: &Limits,
-        app: Router,
+        routes: Routes,
         metrics: Arc<TransportMetrics>,
     ) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -241,7 +243,8 @@ impl ConnContext {
         let hard_cap = to_usize(limits.max_upload_bytes);
         // The default for buffering extractors, which upload routes raise for themselves;
         // then the hard cap, outermost, which streaming handlers cannot forget.
-        let app = app
+        let router = routes
+            .router
             .layer(DefaultBodyLimit::max(to_usize(limits.max_body_bytes)))
             .layer(axum::middleware::from_fn(move |req, next| {
                 body_cap(hard_cap, req, next)
@@ -251,7 +254,11 @@ impl ConnContext {
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
             http,
-            app,
+            routes: Routes {
+                router,
+                fast: routes.fast,
+            },
+            body_cap: to_usize(limits.max_body_bytes),
             metrics,
         }
     }
@@ -376,12 +383,10 @@ async fn handle_connection(
         "TLS established"
     );
 
-    let info = ConnectionInfo { peer, identity };
-    let app = ctx.app.clone();
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(info.clone());
-        req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req)
+    let info = Arc::new(ConnectionInfo { peer, identity });
+    let (routes, body_cap) = (ctx.routes.clone(), ctx.body_cap);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        fast_route::respond(routes.clone(), Arc::clone(&info), body_cap, req)
     });
     let io = TokioIo::new(IdleTimeout::new(tls, ctx.idle_timeout));
     // ALPN decided the protocol; don't let the auto builder sniff it (that read has no

@@ -14,7 +14,7 @@ use support::repository;
 use chrono::Utc;
 use ota_common::api::OplogRecord;
 use ota_common::api::{ApiError, OplogAck, PollResponse};
-use ota_server::app::{router, AppParts, AppState};
+use ota_server::app::{routes, AppParts, AppState};
 use ota_server::audit::AuditLog;
 use ota_server::auth::{Role, Tokens};
 use ota_server::blobs::BlobStore;
@@ -87,7 +87,7 @@ impl TestServer {
             listener,
             tls_config,
             state.limits.clone(),
-            router(state.clone()),
+            routes(state.clone()),
             Arc::clone(&state.transport),
             async {
                 let _ = rx.await;

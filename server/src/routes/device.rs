@@ -19,6 +19,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use ota_common::api::{
@@ -27,20 +28,24 @@ use ota_common::api::{
 };
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::app::{count_answered, AppState};
 use crate::deployments::Fleet;
 use crate::devices::enroll::EnrollError;
 use crate::devices::record::check_poll;
 use crate::devices::{DeviceError, DeviceRecord, DeviceStatus};
 use crate::error::{blocking, ApiFailure};
+use crate::fast_route::FastRoute;
 use crate::identity::PeerIdentity;
 use crate::metrics::{add, inc};
 use crate::serve::ConnectionInfo;
 
+/// Where devices poll.
+pub const POLL_PATH: &str = "/api/v1/device/poll";
+
 /// Device routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/device/poll", post(poll))
+        .route(POLL_PATH, post(poll))
         .route("/api/v1/device/status", post(status))
         .route("/api/v1/device/anomalies", post(anomalies))
         .route("/api/v1/device/oplog", post(oplog))
@@ -186,15 +191,59 @@ async fn poll(
         }
     };
     inc(&state.metrics.polls);
+    poll_answer(&state, &record).map(Json)
+}
+
+/// What a polling device is told: its update (or to hold) if accepted, a refusal if not.
+fn poll_answer(state: &AppState, record: &DeviceRecord) -> Result<PollResponse, ApiFailure> {
     if record.status != DeviceStatus::Accepted {
         return Err(refusal(&record.id, record.status));
     }
-    let update = directive_for(&state.fleet, &record);
-    Ok(Json(PollResponse {
+    let update = directive_for(&state.fleet, record);
+    Ok(PollResponse {
         hold: update.is_none() && state.devices.config().directed_updates,
         update,
         poll_after_secs: state.devices.poll_interval_secs(&record.id),
-    }))
+    })
+}
+
+/// The poll route ahead of the router (see [`crate::fast_route`]): a well-formed poll from
+/// a device whose record is cached and unchanged is answered from memory, as [`poll`]
+/// would answer it. Anything else (no certificate, a body that does not parse or check, a
+/// device the store must be asked about) goes to [`poll`] untouched.
+pub struct PollRoute {
+    state: AppState,
+}
+
+impl PollRoute {
+    /// The fast poll route over `state`.
+    pub fn new(state: AppState) -> Self {
+        PollRoute { state }
+    }
+}
+
+impl FastRoute for PollRoute {
+    fn path(&self) -> &'static str {
+        POLL_PATH
+    }
+
+    fn answer(&self, conn: &ConnectionInfo, body: &[u8]) -> Option<Response> {
+        let identity = conn.identity.as_ref()?;
+        // Accepts exactly what axum's `Json` accepts (it parses with `serde_json` too).
+        let req: PollRequest = serde_json::from_slice(body).ok()?;
+        check_poll(&req).ok()?;
+        let state = &self.state;
+        let record = state
+            .devices
+            .poll_fast(identity, &req, conn.peer, state.now())?;
+        inc(&state.metrics.polls);
+        let resp = match poll_answer(state, &record) {
+            Ok(answer) => Json(answer).into_response(),
+            Err(refused) => refused.into_response(),
+        };
+        count_answered(&state.metrics, resp.status());
+        Some(resp)
+    }
 }
 
 /// Checks in memory that the caller may report (answers most refusals without I/O) and
@@ -320,27 +369,57 @@ mod tests {
     use ota_common::api::ApiError;
     use tower::ServiceExt;
 
+    fn conn(identity: Option<(&str, &str)>) -> ConnectionInfo {
+        ConnectionInfo {
+            peer: "192.0.2.9:1234".parse().unwrap(),
+            identity: identity.map(|(id, fp)| PeerIdentity {
+                device_id: id.into(),
+                cert_sha256: fp.into(),
+            }),
+        }
+    }
+
+    /// A request as `serve` answers it: the fast poll route first, then the router.
     async fn call(
         state: &AppState,
         path: &str,
         identity: Option<(&str, &str)>,
         body: Value,
     ) -> (StatusCode, Value) {
+        let text = body.to_string();
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .header("content-length", text.len())
+            .body(Body::from(text))
+            .unwrap();
+        let cap = usize::try_from(state.limits.max_body_bytes).unwrap();
+        let conn = std::sync::Arc::new(conn(identity));
+        let resp = crate::fast_route::respond(crate::app::routes(state.clone()), conn, cap, req)
+            .await
+            .unwrap();
+        decode(resp).await
+    }
+
+    /// A request answered by the router alone.
+    async fn call_router(
+        state: &AppState,
+        path: &str,
+        identity: Option<(&str, &str)>,
+        body: &[u8],
+    ) -> (StatusCode, Value) {
         let mut req = Request::post(path)
             .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
+            .body(Body::from(body.to_vec()))
             .unwrap();
-        req.extensions_mut().insert(ConnectionInfo {
-            peer: "192.0.2.9:1234".parse().unwrap(),
-            identity: identity.map(|(id, fp)| PeerIdentity {
-                device_id: id.into(),
-                cert_sha256: fp.into(),
-            }),
-        });
+        req.extensions_mut().insert(conn(identity));
         let resp = crate::app::router(state.clone())
             .oneshot(req)
             .await
             .unwrap();
+        decode(resp).await
+    }
+
+    async fn decode(resp: Response) -> (StatusCode, Value) {
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         (
@@ -392,6 +471,69 @@ mod tests {
             (code, body["error"].as_str()),
             (StatusCode::FORBIDDEN, Some("device_decommissioned"))
         );
+    }
+
+    /// The fast route answers what the router would, and declines (without a trace)
+    /// whatever it cannot answer from memory.
+    #[tokio::test]
+    async fn the_fast_poll_route_answers_as_the_router_does() {
+        let (state, _dir) = testing::state();
+        let route = PollRoute::new(state.clone());
+        let body = poll_body().to_string();
+        let me = Some(("d1", "F"));
+        // Unknown device: the store must register it. Declined, and nothing recorded.
+        assert!(route.answer(&conn(me), body.as_bytes()).is_none());
+        assert!(state.devices.cached("d1").is_none());
+        // No certificate, bodies that do not parse or check: declined.
+        assert!(route.answer(&conn(None), body.as_bytes()).is_none());
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            br#"{"hardware_id": 7}"#,
+            br#"{"hardware_id":"","current_version":"1"}"#,
+        ] {
+            assert!(route.answer(&conn(me), bad).is_none(), "{bad:?}");
+            let (code, _) = call_router(&state, POLL_PATH, me, bad).await;
+            assert!(code.is_client_error(), "{bad:?}: {code}");
+        }
+        let now = state.now();
+        let decide = |status| {
+            state
+                .devices
+                .decide("d1", status, &state.audit, "op", now)
+                .unwrap();
+        };
+        let mut answered = 0;
+        for step in 0..4 {
+            match step {
+                0 => {} // pending, once the router has registered it
+                1 => decide(DeviceStatus::Accepted),
+                2 => decide(DeviceStatus::Rejected),
+                _ => {
+                    state
+                        .devices
+                        .decommission("d1", &state.audit, "op", now)
+                        .unwrap();
+                }
+            }
+            let want = call_router(&state, POLL_PATH, me, body.as_bytes()).await;
+            let count =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            let (requests, polls) = (count(&state.metrics.requests), count(&state.metrics.polls));
+            if let Some(resp) = route.answer(&conn(me), body.as_bytes()) {
+                assert_eq!(decode(resp).await, want, "step {step}");
+                assert_eq!(count(&state.metrics.requests), requests + 1);
+                assert_eq!(count(&state.metrics.polls), polls + 1);
+                answered += 1;
+            }
+            assert_eq!(
+                call(&state, POLL_PATH, me, poll_body()).await,
+                want,
+                "step {step}"
+            );
+        }
+        // Pending, accepted and rejected come from memory; decommissioned from the store.
+        assert_eq!(answered, 3);
     }
 
     #[tokio::test]
