@@ -1,7 +1,8 @@
 //! Hashing and writing a download on a second thread, so that receiving (and decrypting)
-//! the next chunk overlaps hashing and writing the last one. All checks stay
-//! [`SlotWriter`]'s; this only moves it behind a bounded queue, in order, so a checkpoint
-//! still covers exactly the bytes queued before it.
+//! the next chunk overlaps hashing and writing the last one. (The [`SlotWriter`] in turn
+//! hands its device writes to a third thread, so hashing also overlaps the disk.) All
+//! checks stay [`SlotWriter`]'s; this only moves it behind a bounded queue, in order, so a
+//! checkpoint still covers exactly the bytes queued before it.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
@@ -264,5 +265,50 @@ mod tests {
             None => pipe.checkpoint().unwrap_err(),
         };
         assert!(matches!(err, SlotError::TooLong { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_failed_slot_write_surfaces_at_the_next_write_or_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("slot");
+        let data = image(6 * 1024 * 1024);
+        let spec = ImageSpec {
+            length: data.len() as u64,
+            sha256: Sha256::digest(&data).into(),
+        };
+        // The slot's own write thread fails from the second MiB on: behind two threads,
+        // the error still reaches the caller, and no checkpoint covers the lost bytes.
+        let writer = SlotWriter::open_failing_from(&slot, spec, 1024 * 1024).unwrap();
+        let mut pipe = PipedWriter::start(writer);
+        let mut durable = Vec::new();
+        let mut err = None;
+        for chunk in data.chunks(64 * 1024) {
+            if let Err(e) = pipe.write(Bytes::copy_from_slice(chunk)) {
+                err = Some(e);
+                break;
+            }
+            if pipe.position().is_multiple_of(512 * 1024) {
+                match pipe.checkpoint() {
+                    Ok(at) => durable.push(at),
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let err = err.expect("the failed write is reported");
+        assert!(
+            matches!(
+                &err,
+                SlotError::Io {
+                    op: "writing slot",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(durable, vec![512 * 1024, 1024 * 1024]);
+        assert!(pipe.checkpoint().is_err());
     }
 }

@@ -17,20 +17,29 @@
 //! (see `slots/direct_io.rs`): whole 4096-byte blocks from the aligned buffer, so checkpoints are
 //! block-aligned and the image's last partial block is written through the page cache
 //! by `finish`. Filesystems that refuse O_DIRECT are written through the cache.
+//!
+//! Full windows are written by a thread of the writer's own (`slots/writeback.rs`) while
+//! the writer hashes and copies the next bytes into another window; a checkpoint waits
+//! for every window handed over before it syncs, and a failed write surfaces at the
+//! writer's next write, checkpoint or finish, after which the writer refuses to go on.
 
 mod direct_io;
+mod writeback;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::boot::Slot;
 pub use direct_io::SlotOptions;
 use direct_io::{einval, is_einval, set_direct, AlignedBuf, Seam, BLOCK};
+use writeback::Writeback;
 
-/// Size of each write to the slot (and of the writer's only buffer).
-pub const WRITE_CHUNK: usize = 1 << 20;
+/// Size of each write to the slot (and of each of the writer's buffers, four in all:
+/// 2 MiB, as much as one 1 MiB buffer and a second for write-back).
+pub const WRITE_CHUNK: usize = 1 << 19;
 
 /// Without O_DIRECT, chunks at least this long are written as they come, unbuffered.
 const DIRECT_WRITE: usize = 64 * 1024;
@@ -129,22 +138,25 @@ impl VerifiedImage {
 /// Streams one image into a slot target. See the module docs.
 #[derive(Debug)]
 pub struct SlotWriter {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     spec: ImageSpec,
     kind: TargetKind,
     /// Bytes accepted so far (flushed or pending in the buffer).
     accepted: u64,
-    /// Bytes handed to the slot: the buffer holds `accepted - flushed` more.
+    /// Bytes handed to the slot (written, or queued on the write-back thread): the buffer
+    /// holds `accepted - flushed` more.
     flushed: u64,
+    /// The window being filled; the write-back thread holds the other.
     buf: AlignedBuf,
     hasher: ImageHasher,
     /// O_DIRECT is set on `file`: every write is whole blocks from `buf`, at a block offset.
+    /// (The write-back thread may have cleared it since: see [`SlotWriter::direct`].)
     direct: bool,
-    /// No O_DIRECT write has succeeded yet: EINVAL from one means the filesystem refuses
-    /// O_DIRECT after all (some accept the flag but not the I/O), not a bad request.
-    direct_unproven: bool,
-    seam: Seam,
+    /// A write or sync failed: what is in the slot is unknown, so the writer refuses to go
+    /// on (resume from the last checkpoint with a new one).
+    failed: bool,
+    writeback: Writeback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +254,27 @@ impl SlotWriter {
             .map_err(err("re-reading written prefix of slot"))?;
         buf.len = head;
 
-        let mut writer = SlotWriter {
+        let mut direct = false;
+        if options.direct_io {
+            let set = if seam.refuse_open {
+                Err(einval())
+            } else {
+                set_direct(&file, true)
+            };
+            match set {
+                Ok(()) => direct = true,
+                Err(e) if is_einval(&e) => tracing::info!(
+                    path = %path.display(),
+                    error = %e,
+                    "slot refuses O_DIRECT; writing it through the page cache"
+                ),
+                Err(e) => return Err(err("setting O_DIRECT on slot")(e)),
+            }
+        }
+        let file = Arc::new(file);
+        let writeback = Writeback::start(Arc::clone(&file), path.to_path_buf(), direct, seam)
+            .map_err(err("starting the slot write thread"))?;
+        Ok(SlotWriter {
             file,
             path: path.to_path_buf(),
             spec,
@@ -251,35 +283,38 @@ impl SlotWriter {
             flushed,
             buf,
             hasher,
-            direct: false,
-            direct_unproven: true,
-            seam,
+            direct,
+            failed: false,
+            writeback,
+        })
+    }
+
+    /// Test helper for other modules: a writer whose write-back thread fails (EIO) every
+    /// write at or past offset `at`.
+    #[cfg(test)]
+    pub(crate) fn open_failing_from(
+        path: &Path,
+        spec: ImageSpec,
+        at: u64,
+    ) -> Result<Self, SlotError> {
+        let seam = Seam {
+            fail_writes_from: Some(at),
+            ..Seam::default()
         };
-        if options.direct_io {
-            let set = if seam.refuse_open {
-                Err(einval())
-            } else {
-                set_direct(&writer.file, true)
-            };
-            match set {
-                Ok(()) => writer.direct = true,
-                Err(e) if is_einval(&e) => writer.log_fallback(&e),
-                Err(e) => return Err(err("setting O_DIRECT on slot")(e)),
-            }
-        }
-        Ok(writer)
+        Self::open_seam(path, spec, 0, SlotOptions::default(), seam)
     }
 
     /// Whether the slot is being written with O_DIRECT (false: buffered, by choice or
-    /// because the filesystem refused it).
+    /// because the filesystem refused it, as learnt from the last write that completed).
     pub fn direct(&self) -> bool {
-        self.direct
+        self.direct && self.writeback.direct()
     }
 
     /// Accepts the next bytes of the image. Refuses, without writing anything, bytes that
     /// would go past the signed length. After an I/O error the writer's position is
     /// unreliable: drop it and resume from the last [`SlotWriter::checkpoint`].
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), SlotError> {
+        self.check_usable()?;
         let offered = self.accepted.saturating_add(data.len() as u64);
         if offered > self.spec.length {
             return Err(SlotError::TooLong {
@@ -290,7 +325,7 @@ impl SlotWriter {
         }
         self.hasher.update(data);
         self.accepted = offered;
-        if !self.direct && self.buf.len == 0 && data.len() >= DIRECT_WRITE {
+        if !self.direct() && self.buf.len == 0 && data.len() >= DIRECT_WRITE {
             // Buffered I/O: large chunks go straight to the file, as copying them through
             // the buffer first would add a memory pass over the whole image. (O_DIRECT
             // needs the aligned buffer, and its copy replaces the kernel's.)
@@ -322,16 +357,21 @@ impl SlotWriter {
     /// [`SlotWriter::position`]; the rest stays buffered (resuming from the returned
     /// offset fetches it again).
     pub fn checkpoint(&mut self) -> Result<u64, SlotError> {
+        self.check_usable()?;
         self.flush_buf()?;
+        self.drain()?;
         // fdatasync also after O_DIRECT writes: they bypass the cache, but a grown file's
         // size (and the allocation of its blocks) is metadata only a sync makes durable.
-        self.file.sync_data().map_err(self.io_err("syncing slot"))?;
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fail("syncing slot", e));
+        }
         Ok(self.flushed)
     }
 
     /// Completes the image: checks that exactly `spec.length` bytes were written, syncs
     /// them (a regular file is also cut to that length), and checks the SHA-256.
     pub fn finish(mut self) -> Result<VerifiedImage, SlotError> {
+        self.check_usable()?;
         if self.accepted != self.spec.length {
             return Err(SlotError::Short {
                 path: self.path.clone(),
@@ -340,11 +380,17 @@ impl SlotWriter {
             });
         }
         self.flush_buf()?;
+        self.drain()?;
         if self.buf.len > 0 {
             // The image's last, partial block: O_DIRECT cannot write it, the cache can.
             set_direct(&self.file, false).map_err(self.io_err("clearing O_DIRECT on slot"))?;
             self.direct = false;
-            self.flush_buf()?;
+            let tail = self.buf.len;
+            self.file
+                .write_all_at(&self.buf.window()[..tail], self.flushed)
+                .map_err(self.io_err("writing slot"))?;
+            self.flushed += tail as u64;
+            self.buf.len = 0;
         }
         if self.kind == TargetKind::File {
             // A previous, longer image must not linger after this one.
@@ -356,10 +402,10 @@ impl SlotWriter {
         check_hash(&self.path, &self.spec, self.hasher.finish())
     }
 
-    /// Writes the buffer out: under O_DIRECT its whole blocks (the rest moves to its
-    /// front), otherwise all of it.
+    /// Hands the buffer to the write-back thread: under O_DIRECT its whole blocks (the
+    /// rest moves to the front of the next window), otherwise all of it.
     fn flush_buf(&mut self) -> Result<(), SlotError> {
-        let n = if self.direct {
+        let n = if self.direct() {
             self.buf.len - self.buf.len % BLOCK
         } else {
             self.buf.len
@@ -367,51 +413,57 @@ impl SlotWriter {
         if n == 0 {
             return Ok(());
         }
-        let mut written = self.write_block_run(n);
-        if let Err(e) = &written {
-            if self.direct && self.direct_unproven && is_einval(e) {
-                set_direct(&self.file, false).map_err(self.io_err("clearing O_DIRECT on slot"))?;
-                self.direct = false;
-                self.log_fallback(e);
-                written = self.write_block_run(n);
-            }
+        if let Err(e) = self.writeback.submit(&mut self.buf, n, self.flushed) {
+            return Err(self.fail(e.op, e.source));
         }
-        written.map_err(self.io_err("writing slot"))?;
-        self.direct_unproven &= !self.direct;
         self.flushed += n as u64;
-        self.buf.consume(n);
         Ok(())
     }
 
-    /// Writes the buffer's first `n` bytes where the slot's written part ends.
-    fn write_block_run(&self, n: usize) -> io::Result<()> {
-        if self.seam.refuse_first_write && self.direct && self.direct_unproven {
-            return Err(einval());
+    /// Waits until everything handed to the write-back thread is written.
+    fn drain(&mut self) -> Result<(), SlotError> {
+        match self.writeback.drain() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e.op, e.source)),
         }
-        self.file
-            .write_all_at(&self.buf.window()[..n], self.flushed)
     }
 
     /// Writes `data` (buffered I/O only) where the slot's written part ends.
     fn write_at_flushed(&mut self, data: &[u8]) -> Result<(), SlotError> {
-        self.file
-            .write_all_at(data, self.flushed)
-            .map_err(self.io_err("writing slot"))?;
+        if let Err(e) = self.file.write_all_at(data, self.flushed) {
+            return Err(self.fail("writing slot", e));
+        }
         self.flushed += data.len() as u64;
         Ok(())
+    }
+
+    /// Refuses to go on after a failed write or sync.
+    fn check_usable(&self) -> Result<(), SlotError> {
+        if !self.failed {
+            return Ok(());
+        }
+        Err(SlotError::Io {
+            op: "writing slot",
+            path: self.path.clone(),
+            source: io::Error::other(
+                "an earlier write to the slot failed; resume from the last checkpoint",
+            ),
+        })
+    }
+
+    /// Marks the writer failed and names the error.
+    fn fail(&mut self, op: &'static str, source: io::Error) -> SlotError {
+        self.failed = true;
+        SlotError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn io_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> SlotError {
         let path = self.path.clone();
         move |source| SlotError::Io { op, path, source }
-    }
-
-    fn log_fallback(&self, reason: &io::Error) {
-        tracing::info!(
-            path = %self.path.display(),
-            error = %reason,
-            "slot refuses O_DIRECT; writing it through the page cache"
-        );
     }
 }
 
@@ -575,6 +627,10 @@ mod tests {
             let (now, tail) = rest.split_at((*size).min(rest.len()));
             writer.write(now).unwrap();
             assert_eq!(writer.buf.mem.len(), WRITE_CHUNK + BLOCK, "constant memory");
+            assert!(
+                writer.writeback.windows() <= writeback::WINDOWS,
+                "fixed windows"
+            );
             rest = tail;
         }
     }

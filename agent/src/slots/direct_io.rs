@@ -34,18 +34,22 @@ impl SlotOptions {
 }
 
 /// Test seam: pretend the filesystem refuses O_DIRECT (tmpfs-like) at open or on the
-/// first write. Always off outside tests.
-#[derive(Debug, Clone, Copy, Default)]
+/// first write, make the write-back thread fail (EIO from `fail_writes_from` on) or die,
+/// or hold its writes while a test holds `gate`. Always off outside tests.
+#[derive(Debug, Clone, Default)]
 pub(super) struct Seam {
     pub(super) refuse_open: bool,
     pub(super) refuse_first_write: bool,
+    pub(super) fail_writes_from: Option<u64>,
+    pub(super) die_on_write: bool,
+    pub(super) gate: Option<std::sync::Arc<std::sync::Mutex<()>>>,
 }
 
 /// O_DIRECT's alignment for offsets, lengths and memory: 4096 covers 512-byte and
 /// 4K-sector devices and the page size.
 pub(super) const BLOCK: usize = 4096;
 
-/// The writer's only buffer: a [`WRITE_CHUNK`]-byte window aligned to [`BLOCK`] inside a
+/// One of the writer's buffers: a [`WRITE_CHUNK`]-byte window aligned to [`BLOCK`] inside a
 /// slightly larger allocation (safe Rust cannot ask the allocator to align a byte buffer).
 pub(super) struct AlignedBuf {
     pub(super) mem: Vec<u8>,
@@ -85,14 +89,6 @@ impl AlignedBuf {
         self.mem[at..at + n].copy_from_slice(&data[..n]);
         self.len += n;
         n
-    }
-
-    /// Drops the first `n` pending bytes, moving the rest to the window's start.
-    pub(super) fn consume(&mut self, n: usize) {
-        let from = self.start + n;
-        self.mem
-            .copy_within(from..self.start + self.len, self.start);
-        self.len -= n;
     }
 }
 
@@ -153,9 +149,8 @@ mod tests {
             WRITE_CHUNK,
             "fills up, no more"
         );
-        buf.consume(WRITE_CHUNK - 3);
-        assert_eq!(buf.len, 3);
-        assert_eq!(buf.window()[..3], image(WRITE_CHUNK)[WRITE_CHUNK - 3..]);
+        assert_eq!(buf.len, WRITE_CHUNK);
+        assert_eq!(buf.window()[..3], image(3)[..]);
     }
 
     #[test]
