@@ -24,6 +24,7 @@
 # Environment: TRIES=3, PORT=18445, BASE=/tmp/ota-bench-agent (recreated), SKIP_BUILD=1,
 #              WORK_DIR (where slots are written; default $BASE: pick the disk to measure),
 #              DIRECT_IO=1 (0: the agent writes slots through the page cache, [download] direct_io = false),
+#              CHECKPOINT_MIB ([download] checkpoint_mib; unset: the agent's default),
 #              AGENT_WRAP (a command prefix for the agent runs, for profiling, e.g.
 #              AGENT_WRAP="perf record -g -o /tmp/agent.perf --")
 set -euo pipefail
@@ -132,6 +133,7 @@ path = "$d/bootenv.json"
 
 [download]
 direct_io = $DIRECT_IO_TOML
+${CHECKPOINT_MIB:+checkpoint_mib = $CHECKPOINT_MIB}
 EOF
   "$REL/ota-agent" --config "$d/agent.toml" simulate-boot >/dev/null 2>"$RES/simulate-$1.err" || die "simulate-boot: $(cat "$RES/simulate-$1.err")"
   AGENT_DIR=$d

@@ -156,6 +156,12 @@ pub struct DownloadConfig {
     /// this much is fetched again after a power cut. Smaller costs throughput on slow
     /// flash. Default 32.
     pub checkpoint_mib: u64,
+    /// Seconds that must also have passed since the last checkpoint before the next:
+    /// a checkpoint syncs the slot and the state file (several device cache flushes),
+    /// which on a fast link costs more than re-fetching a second of data would. A power
+    /// cut then loses at most `checkpoint_mib` MiB or this long a transfer, whichever is
+    /// more. 0 checkpoints on bytes alone. Default 1.
+    pub checkpoint_secs: u64,
     /// Write the slot with O_DIRECT: no copy of the image into the page cache, which is
     /// most of the agent's CPU on a fast link. Filesystems that refuse it (tmpfs) are
     /// written through the cache anyway. Default true.
@@ -166,6 +172,7 @@ impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
             checkpoint_mib: 32,
+            checkpoint_secs: 1,
             direct_io: true,
         }
     }
@@ -226,6 +233,11 @@ impl AgentConfig {
                 "download.checkpoint_mib must be at least 1".into(),
             ));
         }
+        if self.download.checkpoint_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "download.checkpoint_secs must be at most 3600 (an hour of transfer lost to a power cut)".into(),
+            ));
+        }
         if self.poll.interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "poll.interval_secs must be at least 1".into(),
@@ -278,5 +290,13 @@ path = "boot.json"
         assert!(!cfg_direct_io(&format!(
             "{GOOD}\n[download]\ndirect_io = false"
         )));
+        let download = |extra: &str| {
+            let cfg: AgentConfig = toml::from_str(&format!("{GOOD}\n[download]\n{extra}")).unwrap();
+            cfg.validate().map(|()| cfg.download.checkpoint_secs)
+        };
+        assert_eq!(download("").unwrap(), 1);
+        assert_eq!(download("checkpoint_secs = 0").unwrap(), 0);
+        assert!(download("checkpoint_secs = 3601").is_err());
+        assert!(download("checkpoint_mib = 0").is_err());
     }
 }

@@ -38,7 +38,7 @@ use crate::oplog::{OpKind, OpLog};
 use crate::pipeline::PipedWriter;
 use crate::progress::Progress;
 use crate::slots::{ImageSpec, SlotError, SlotOptions, SlotSet, SlotWriter, VerifiedImage};
-use crate::state::{AgentState, PendingUpdate, Phase, StateStore};
+use crate::state::{AgentState, PendingUpdate, Phase, SaveInFlight, StateError, StateStore};
 use crate::transport::{Transport, TransportError};
 
 /// Consecutive crashed runs that make an `agent_crash_loop` anomaly.
@@ -128,6 +128,8 @@ pub struct Agent {
     outbox: AnomalyQueue<StatusReport>,
     metadata: MetadataStore,
     progress: Progress,
+    /// A download checkpoint's state save still being written (at most one).
+    saving: Option<SaveInFlight>,
 }
 
 /// Paths of what the agent keeps under its data directory.
@@ -214,6 +216,13 @@ fn crash_point(name: &str) {
     let _ = name;
 }
 
+/// A download checkpoint's state save has finished with `result`.
+fn checkpoint_recorded(result: Result<(), StateError>) -> Result<(), AgentError> {
+    result?;
+    crash_point("mid_download");
+    Ok(())
+}
+
 /// The names of the crash points, in cycle order (for the crash-matrix tests).
 pub const CRASH_POINTS: &[&str] = &[
     "after_poll",
@@ -253,6 +262,7 @@ impl Agent {
             metadata: MetadataStore::new(paths.metadata.clone()),
             outbox: AnomalyQueue::open(paths.outbox.clone())?,
             progress: Progress::new(),
+            saving: None,
             state: loaded.state,
             transport,
             boot,
@@ -284,6 +294,7 @@ impl Agent {
     }
 
     fn save(&mut self) -> Result<(), AgentError> {
+        self.settle_checkpoint()?;
         self.states.save(&mut self.state)?;
         Ok(())
     }
@@ -727,6 +738,8 @@ impl Agent {
             self.progress
                 .start(name.as_str(), pending.length, writer.position());
             let mut since_checkpoint = 0u64;
+            let mut last_checkpoint = std::time::Instant::now();
+            let checkpoint_gap = std::time::Duration::from_secs(self.cfg.download.checkpoint_secs);
             // Hash and write on a second thread while the next chunk arrives; checkpoints
             // sync there too, while the download goes on, and are recorded once durable.
             let mut pipe = PipedWriter::start(writer);
@@ -756,19 +769,22 @@ impl Agent {
                 self.progress.update(pipe.position());
                 let mut durable = pipe.poll_checkpoint();
                 if since_checkpoint >= self.cfg.download.checkpoint_mib.saturating_mul(1024 * 1024)
+                    && last_checkpoint.elapsed() >= checkpoint_gap
                 {
                     since_checkpoint = 0;
+                    last_checkpoint = std::time::Instant::now();
                     match pipe.begin_checkpoint() {
                         Ok(previous) => durable = durable.or(previous.map(Ok)),
                         Err(e) => return self.refuse_download(now, pending, e),
                     }
                 }
+                self.poll_checkpoint_record()?;
                 if let Some(result) = durable {
                     let offset = match result {
                         Ok(o) => o,
                         Err(e) => return self.refuse_download(now, pending, e),
                     };
-                    self.record_checkpoint(offset)?;
+                    self.begin_record_checkpoint(offset)?;
                 }
             }
             if let Some(result) = pipe.wait_checkpoint() {
@@ -828,9 +844,41 @@ impl Agent {
 
     /// Records a durable checkpoint of the download (the slot is synced up to `offset`).
     fn record_checkpoint(&mut self, offset: u64) -> Result<(), AgentError> {
-        self.set_offset(offset)?;
-        crash_point("mid_download");
+        self.begin_record_checkpoint(offset)?;
+        self.settle_checkpoint()
+    }
+
+    /// [`Agent::record_checkpoint`] without stopping the download: the state (two files,
+    /// each synced and renamed) is written on a thread of its own, while chunks keep
+    /// arriving. It counts as recorded once written (the crash point is there); any other
+    /// save waits for it first, so saves land in order.
+    fn begin_record_checkpoint(&mut self, offset: u64) -> Result<(), AgentError> {
+        self.settle_checkpoint()?;
+        if let Some(p) = self.state.pending.as_mut() {
+            p.resume_offset = offset;
+        }
+        let bytes = StateStore::prepare(&mut self.state)?;
+        self.saving = Some(SaveInFlight::start(self.states.clone(), bytes));
         Ok(())
+    }
+
+    /// Notes a checkpoint record that has been written, without waiting for one.
+    fn poll_checkpoint_record(&mut self) -> Result<(), AgentError> {
+        match self.saving.as_ref().and_then(SaveInFlight::try_wait) {
+            Some(result) => {
+                self.saving = None;
+                checkpoint_recorded(result)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the checkpoint record being written, if any.
+    fn settle_checkpoint(&mut self) -> Result<(), AgentError> {
+        match self.saving.take() {
+            Some(save) => checkpoint_recorded(save.wait()),
+            None => Ok(()),
+        }
     }
 
     fn set_offset(&mut self, offset: u64) -> Result<(), AgentError> {

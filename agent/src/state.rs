@@ -257,6 +257,45 @@ impl AgentState {
     }
 }
 
+/// A [`StateStore::write`] running on a thread of its own (a download checkpoint: the
+/// download goes on while the state file and its backup are synced).
+pub struct SaveInFlight {
+    done: std::sync::mpsc::Receiver<Result<(), StateError>>,
+}
+
+impl SaveInFlight {
+    /// Writes `bytes` (from [`StateStore::prepare`]) with `store` on a new thread.
+    pub fn start(store: StateStore, bytes: Vec<u8>) -> Self {
+        let (tx, done) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(store.write(&bytes));
+        });
+        SaveInFlight { done }
+    }
+
+    /// The result, if the write has finished.
+    pub fn try_wait(&self) -> Option<Result<(), StateError>> {
+        match self.done.try_recv() {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(Self::lost())),
+        }
+    }
+
+    /// Waits for the write.
+    pub fn wait(self) -> Result<(), StateError> {
+        self.done.recv().unwrap_or_else(|_| Err(Self::lost()))
+    }
+
+    fn lost() -> StateError {
+        StateError::Io {
+            op: "saving state on its thread",
+            path: PathBuf::new(),
+            source: std::io::Error::other("the state save thread stopped unexpectedly"),
+        }
+    }
+}
+
 /// Reads and writes the state file and its backup. See the module docs.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -384,12 +423,26 @@ impl StateStore {
 
     /// Bumps the generation and writes the main file, then the backup, each atomically.
     pub fn save(&self, state: &mut AgentState) -> Result<(), StateError> {
+        let bytes = Self::prepare(state)?;
+        self.write(&bytes)
+    }
+
+    /// The first half of [`StateStore::save`]: bumps the generation and returns the bytes
+    /// to [`StateStore::write`] (on another thread, for a save that must not stall the
+    /// caller). Writes must happen in the order of their preparation.
+    pub fn prepare(state: &mut AgentState) -> Result<Vec<u8>, StateError> {
         state.generation += 1;
         let mut bytes =
             serde_json::to_vec_pretty(state).map_err(|source| StateError::Serialize { source })?;
         bytes.push(b'\n');
-        fsutil::write_atomic(&self.path, &bytes)?;
-        fsutil::write_atomic(&self.backup, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// The second half of [`StateStore::save`]: the main file, then the backup, each
+    /// atomically.
+    pub fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
+        fsutil::write_atomic(&self.path, bytes)?;
+        fsutil::write_atomic(&self.backup, bytes)?;
         Ok(())
     }
 
@@ -556,6 +609,29 @@ mod tests {
             std::fs::read(store.path()).unwrap(),
             std::fs::read(store.backup_path()).unwrap()
         );
+    }
+
+    #[test]
+    fn a_save_on_its_own_thread_lands_as_a_save_would() {
+        let (dir, store) = store();
+        let mut state = AgentState::default();
+        state.begin_update(pending("1.2.0")).unwrap();
+        state.pending.as_mut().unwrap().resume_offset = 4096;
+        let bytes = StateStore::prepare(&mut state).unwrap();
+        assert_eq!(state.generation, 1);
+        SaveInFlight::start(store.clone(), bytes).wait().unwrap();
+        assert_eq!(store.load().unwrap().state, state);
+        // A write that fails (its directory is gone) reports the error, not a hang.
+        let gone = StateStore::new(dir.path().join("missing/state.json"));
+        let bytes = StateStore::prepare(&mut state).unwrap();
+        let save = SaveInFlight::start(gone, bytes);
+        let err = loop {
+            if let Some(r) = save.try_wait() {
+                break r.unwrap_err();
+            }
+            std::thread::yield_now();
+        };
+        assert!(matches!(err, StateError::Fs(_)), "{err:?}");
     }
 
     #[test]

@@ -497,7 +497,7 @@ impl AgentProcess {
              \n[bootloader]\nkind = \"file\"\npath = {boot}\ntries = {tries}\n\
              \n[health]\ncommands = [{health}]\nrequire_server = {req}\ntimeout_secs = 60\n\
              \n[poll]\ninterval_secs = 300\n\
-             \n[download]\ncheckpoint_mib = 8\n",
+             \n[download]\ncheckpoint_mib = 8\ncheckpoint_secs = 0\n",
             url = server_url,
             ca = p(&ca),
             cert = p(&cert),
