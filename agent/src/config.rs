@@ -168,6 +168,15 @@ pub struct DownloadConfig {
     pub direct_io: bool,
 }
 
+impl DownloadConfig {
+    /// Whether to checkpoint a download that has received `bytes` in `elapsed` since the
+    /// last checkpoint (or its start): both thresholds must be reached.
+    pub fn checkpoint_due(&self, bytes: u64, elapsed: std::time::Duration) -> bool {
+        bytes >= self.checkpoint_mib.saturating_mul(1024 * 1024)
+            && elapsed >= std::time::Duration::from_secs(self.checkpoint_secs)
+    }
+}
+
 impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
@@ -298,5 +307,25 @@ path = "boot.json"
         assert_eq!(download("checkpoint_secs = 0").unwrap(), 0);
         assert!(download("checkpoint_secs = 3601").is_err());
         assert!(download("checkpoint_mib = 0").is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_waits_for_both_its_bytes_and_its_second() {
+        use std::time::Duration;
+        let d = DownloadConfig::default();
+        let mib = 1024 * 1024;
+        // Fast link: 32 MiB arrive long before a second has passed.
+        assert!(!d.checkpoint_due(32 * mib, Duration::from_millis(40)));
+        assert!(d.checkpoint_due(700 * mib, Duration::from_secs(1)));
+        // Slow link: a second passes long before 32 MiB have arrived.
+        assert!(!d.checkpoint_due(mib, Duration::from_secs(30)));
+        assert!(d.checkpoint_due(32 * mib, Duration::from_secs(30)));
+        // checkpoint_secs = 0: bytes alone decide (what the tests' harness uses).
+        let bytes_only = DownloadConfig {
+            checkpoint_secs: 0,
+            ..DownloadConfig::default()
+        };
+        assert!(bytes_only.checkpoint_due(32 * mib, Duration::ZERO));
+        assert!(!bytes_only.checkpoint_due(32 * mib - 1, Duration::ZERO));
     }
 }

@@ -739,7 +739,6 @@ impl Agent {
                 .start(name.as_str(), pending.length, writer.position());
             let mut since_checkpoint = 0u64;
             let mut last_checkpoint = std::time::Instant::now();
-            let checkpoint_gap = std::time::Duration::from_secs(self.cfg.download.checkpoint_secs);
             // Hash and write on a second thread while the next chunk arrives; checkpoints
             // sync there too, while the download goes on, and are recorded once durable.
             let mut pipe = PipedWriter::start(writer);
@@ -768,8 +767,10 @@ impl Agent {
                 since_checkpoint += len;
                 self.progress.update(pipe.position());
                 let mut durable = pipe.poll_checkpoint();
-                if since_checkpoint >= self.cfg.download.checkpoint_mib.saturating_mul(1024 * 1024)
-                    && last_checkpoint.elapsed() >= checkpoint_gap
+                if self
+                    .cfg
+                    .download
+                    .checkpoint_due(since_checkpoint, last_checkpoint.elapsed())
                 {
                     since_checkpoint = 0;
                     last_checkpoint = std::time::Instant::now();
