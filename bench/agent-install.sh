@@ -11,6 +11,8 @@
 #   pipeline_512     `curl | tee slot | sha256sum` of the same target, then `sync slot`
 #                    (the same durability at the end, none of the checks)
 #   curl_devnull     curl of the same target to /dev/null over TLS (network limit)
+#   curl_openssl_dgst  curl of the same target piped to `openssl dgst -sha256`: download and
+#                    verify, nothing written (what any verifying agent must do at the least)
 #   dd_fsync         dd of 512 MiB to a file on the same filesystem, conv=fsync (disk limit)
 # physical limit = the slower of curl_devnull and dd_fsync (an ideal agent overlaps both);
 # both curls use HTTP/1.1, the agent's protocol (curl would pick HTTP/2 by ALPN, which is
@@ -180,7 +182,7 @@ MIB512=$((512 * 1048576))
 mbs() { awk -v s="$1" -v b="$MIB512" 'BEGIN {printf "%.0f", b / s / 1e6}'; }
 
 cat "$BASE/img/512.bin" "$DATA/blobs/"* >/dev/null   # page cache: measure the network path, not the server's disk
-A=(); P=(); C=(); D=(); AC=(); CC=()
+A=(); P=(); C=(); D=(); AC=(); CC=(); V=()
 for i in $(seq 1 "$TRIES"); do
   agent_install 512; A+=("$T"); AC+=("$CPU"); [ "$i" = 1 ] && check_slot 512
   info "try $i: agent $T s (agent + server CPU $CPU s)"
@@ -200,7 +202,12 @@ for i in $(seq 1 "$TRIES"); do
   t0=$(now_ns)
   dd if=/dev/zero of="$WORK_DIR/dd.bin" bs=1M count=512 conv=fsync status=none
   t1=$(now_ns); D+=("$(secs "$t0" "$t1")")
-  info "try $i: curl >/dev/null ${C[-1]} s (curl + server CPU ${CC[-1]} s), dd conv=fsync ${D[-1]} s"
+  # Download and verify, nothing written: what a verifying agent must do at the least.
+  t0=$(now_ns)
+  got=$(curl -sS --fail --http1.1 --cacert "$CA" "${TARGET_URL[512]}" | openssl dgst -sha256 -r | cut -c1-64)
+  t1=$(now_ns); V+=("$(secs "$t0" "$t1")")
+  [ "$got" = "$(cat "$BASE/img/512.sha256")" ] || die "curl | openssl dgst hash mismatch"
+  info "try $i: curl >/dev/null ${C[-1]} s (curl + server CPU ${CC[-1]} s), dd conv=fsync ${D[-1]} s, curl | openssl dgst ${V[-1]} s"
 done
 # The one piece of work a verifying agent cannot skip and curl does not do: SHA-256 of every
 # byte. Its pure compute time (OpenSSL's SHA-NI code on 1 MiB blocks, no I/O), the least
@@ -219,6 +226,7 @@ CPU_FLOOR=$(awk -v c="$TAC" -v n="$NCPU" 'BEGIN {printf "%.3f", c / n}')
 # The least any agent that checks SHA-256 could take here: curl's work plus the hash, spread
 # perfectly over the CPUs it shares with the server (no copies, no disk, no scheduling).
 VERIFY_FLOOR=$(awk -v c="$TCC" -v h="$TH" -v n="$NCPU" 'BEGIN {printf "%.3f", (c + h) / n}')
+TV=$(best "${V[@]}")
 R_VERIFY=$(awk -v f="$VERIFY_FLOOR" -v l="$TL" 'BEGIN {printf "%.2f", f / l}')
 
 agent_install 64; RSS64=$RSS; T64=$T; check_slot 64
@@ -244,6 +252,7 @@ emit agent_install_512_cpu_both_ends "$TAC" s; emit curl_devnull_512_cpu_both_en
 emit agent_install_512_cpu_floor "$CPU_FLOOR" s
 emit sha256_512 "$TH" s
 emit verifying_agent_floor_512 "$VERIFY_FLOOR" s
+emit curl_openssl_dgst_512 "$TV" s
 R_LIMIT=$(awk -v a="$TA" -v l="$TL" 'BEGIN {printf "%.2f", a / l}')
 R_PIPE=$(awk -v a="$TA" -v p="$TP" 'BEGIN {printf "%.2f", p / a}')
 ok() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED"}'; }
@@ -260,6 +269,7 @@ ok() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v >= t) :
   printf '%-52s %10s  %s\n' "  its floor on $NCPU CPUs shared by both (s)" "$CPU_FLOOR" "agent time / floor: $(awk -v a="$TA" -v f="$CPU_FLOOR" 'BEGIN {printf "%.2f", a / f}')"
   printf '%-52s %10s  %s\n' "SHA-256 of 512 MiB, compute only (openssl speed, s)" "$TH" "$(mbs "$TH") MB/s"
   printf '%-52s %10s  %s\n' "least time for any SHA-256-checking agent (s)" "$VERIFY_FLOOR" "(curl + server CPU + SHA-256) / $NCPU CPUs = $R_VERIFY x the limit"
+  printf '%-52s %10s  %s\n' "curl | openssl dgst -sha256, nothing written (s)" "$TV" "agent time / this: $(awk -v a="$TA" -v v="$TV" 'BEGIN {printf "%.2f", a / v}')"
   printf '%-52s %10s  %s\n' "pipeline time / agent time (speed-up)" "$R_PIPE" ">= 1.5: $(ok "$R_PIPE" '>=' 1.5)"
   printf '%-52s %10s  %s\n' "agent peak RSS, 64 MiB image (KiB)" "$RSS64" "< 16384: $(ok "$RSS64" '<=' 16383)"
   printf '%-52s %10s  %s\n' "agent peak RSS, 1 GiB image (KiB)" "$RSS1G" "< 16384: $(ok "$RSS1G" '<=' 16383)"
