@@ -178,6 +178,14 @@ mod tests {
     use crate::slots::ImageSpec;
     use sha2::{Digest, Sha256};
 
+    /// The signed length and hash of `data`.
+    fn spec_of(data: &[u8]) -> ImageSpec {
+        ImageSpec {
+            length: data.len() as u64,
+            sha256: Sha256::digest(data).into(),
+        }
+    }
+
     fn image(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
@@ -188,10 +196,7 @@ mod tests {
         let slot = dir.path().join("slot");
         let data = image(3 * 1024 * 1024 + 17);
         std::fs::write(&slot, vec![0u8; data.len()]).unwrap();
-        let spec = ImageSpec {
-            length: data.len() as u64,
-            sha256: Sha256::digest(&data).into(),
-        };
+        let spec = spec_of(&data);
         let mut pipe = PipedWriter::start(SlotWriter::open(&slot, spec, 0).unwrap());
         for (i, chunk) in data.chunks(16 * 1024).enumerate() {
             pipe.write(Bytes::copy_from_slice(chunk)).unwrap();
@@ -210,10 +215,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let slot = dir.path().join("slot");
         let data = image(2 * 1024 * 1024);
-        let spec = ImageSpec {
-            length: data.len() as u64,
-            sha256: Sha256::digest(&data).into(),
-        };
+        let spec = spec_of(&data);
         let mut pipe = PipedWriter::start(SlotWriter::open(&slot, spec, 0).unwrap());
         let chunks: Vec<&[u8]> = data.chunks(64 * 1024).collect();
         let mut durable = Vec::new();
@@ -274,10 +276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let slot = dir.path().join("slot");
         let data = image(6 * 1024 * 1024);
-        let spec = ImageSpec {
-            length: data.len() as u64,
-            sha256: Sha256::digest(&data).into(),
-        };
+        let spec = spec_of(&data);
         // The slot's own write thread fails from the second MiB on: behind two threads,
         // the error still reaches the caller, and no checkpoint covers the lost bytes.
         let writer = SlotWriter::open_failing_from(&slot, spec, 1024 * 1024).unwrap();

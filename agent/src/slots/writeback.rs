@@ -295,6 +295,19 @@ mod tests {
         data.chunks(4000).try_for_each(|piece| w.write(piece))
     }
 
+    fn assert_thread_lost(err: &SlotError) {
+        assert!(
+            matches!(
+                err,
+                SlotError::Io {
+                    op: "slot write thread",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
     fn assert_eio(err: &SlotError) {
         match err {
             SlotError::Io { op, source, .. } => {
@@ -423,30 +436,12 @@ mod tests {
             .chunks(4000)
             .find_map(|piece| w.write(piece).err())
             .expect("the lost thread is reported");
-        assert!(
-            matches!(
-                &err,
-                SlotError::Io {
-                    op: "slot write thread",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_thread_lost(&err);
         assert!(matches!(w.checkpoint(), Err(SlotError::Io { .. })));
 
         let mut w = open(&path, &data, seam);
         write_small(&mut w, &data[..WRITE_CHUNK + 1]).unwrap();
         let err = w.checkpoint().unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                SlotError::Io {
-                    op: "slot write thread",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_thread_lost(&err);
     }
 }
