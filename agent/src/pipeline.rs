@@ -135,20 +135,10 @@ impl PipedWriter {
     /// Waits until everything queued is written, then makes it durable; returns the
     /// durable offset (see [`SlotWriter::checkpoint`]).
     pub fn checkpoint(&mut self) -> Result<u64, SlotError> {
-        if let Some(r) = self.wait_checkpoint() {
-            r?;
-        }
-        let (reply_tx, reply_rx) = sync_channel(1);
-        let sent = self
-            .tx
-            .as_ref()
-            .map(|tx| tx.send(Msg::Checkpoint(reply_tx)));
-        if !matches!(sent, Some(Ok(()))) {
-            return Err(self.failure());
-        }
-        match reply_rx.recv() {
-            Ok(r) => r,
-            Err(_) => Err(self.failure()),
+        self.begin_checkpoint()?;
+        match self.wait_checkpoint() {
+            Some(r) => r,
+            None => Err(self.failure()),
         }
     }
 
