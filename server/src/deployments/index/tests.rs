@@ -129,11 +129,7 @@ fn group_and_phase_counts_follow_membership() {
         failure_threshold_percent: 50,
         min_devices: 1,
     };
-    let target = ReleaseTarget {
-        version_text: "2.0.0".into(),
-        version: "2.0.0".parse().ok(),
-        hardware_ids: vec!["hw".into()],
-    };
+    let target = release_2();
     index.add_group(Arc::clone(&group), 0);
     index.add_deployment(
         "dep-x",
@@ -490,11 +486,7 @@ fn scale_timings() {
         failure_threshold_percent: 50,
         min_devices: 1,
     };
-    let target = ReleaseTarget {
-        version_text: "2.0.0".into(),
-        version: "2.0.0".parse().ok(),
-        hardware_ids: vec!["hw".into()],
-    };
+    let target = release_2();
     let t = Instant::now();
     index.count_and_add(&d, Counted::Group(Arc::clone(&group)));
     println!("new group count (shard copies): {:?}", t.elapsed());
