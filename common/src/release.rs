@@ -2,7 +2,8 @@
 //!
 //! A target's `custom` object carries `version` (a semantic version without build metadata,
 //! so that ordering is total and agrees with equality), `hardware_ids` (the boards it fits)
-//! and optionally `support_until` (end of security support, shown to operators and users).
+//! and optionally `support_until` (end of security support, shown to operators and users)
+//! and `zstd` (a compressed form of the image that devices may download instead).
 //! The choice is pure: no clock, no I/O.
 
 use std::cmp::Ordering;
@@ -98,6 +99,51 @@ pub struct ReleaseInfo {
         with = "optional_time"
     )]
     pub support_until: Option<DateTime<Utc>>,
+    /// A zstd-compressed form of the image, served beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd: Option<CompressedForm>,
+}
+
+/// The largest zstd window (as a power of two: 8 MiB) that a compressed form may need.
+/// Devices decode with this bound, so their memory stays small whatever the image; the
+/// server refuses to publish a compressed form that needs more.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// A compressed form of a target's image, described in the target's signed `custom` object.
+///
+/// The TUF `length` and `hashes` of the target stay those of the image itself, so every
+/// TUF client (python-tuf included) sees an ordinary target, and what a device writes into
+/// its slot is checked against them. The compressed file is served at
+/// `targets/<dir>/<sha256>.<basename>.zst` (see [`CompressedForm::consistent_path`]); its
+/// signed length bounds what a device downloads, and the server checked at publication that
+/// it decodes to the image, as a sequence of independent zstd frames within
+/// [`ZSTD_WINDOW_LOG_MAX`]. Frame boundaries are where a device can resume an interrupted
+/// download.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressedForm {
+    /// Length in bytes of the compressed file.
+    pub length: u64,
+    /// SHA-256 of the compressed file, lowercase hex.
+    #[serde(deserialize_with = "sha256_hex")]
+    pub sha256: String,
+}
+
+impl CompressedForm {
+    /// The compressed file's path below the repository's `targets/`, for target `name`.
+    pub fn consistent_path(&self, name: &crate::target::TargetName) -> String {
+        format!("{}.zst", name.consistent_path(&self.sha256))
+    }
+}
+
+fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(
+            "zstd.sha256 must be 64 lowercase hex digits",
+        ))
+    }
 }
 
 mod optional_time {
@@ -284,6 +330,37 @@ mod tests {
 
     fn v(s: &str) -> ReleaseVersion {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn compressed_form_is_read_checked_and_placed_beside_the_image() {
+        let sha = "ab".repeat(32);
+        let custom = json!({"version": "1.0.0", "hardware_ids": ["hw"],
+            "zstd": {"length": 42, "sha256": sha}});
+        let info = ReleaseInfo::from_custom("fw/a.bin", &custom).unwrap();
+        let form = info.zstd.clone().unwrap();
+        assert_eq!(form.length, 42);
+        let name = crate::target::TargetName::new("fw/a.bin").unwrap();
+        assert_eq!(form.consistent_path(&name), format!("fw/{sha}.a.bin.zst"));
+        // Round trip, and absent stays absent.
+        assert_eq!(serde_json::to_value(&info).unwrap(), custom);
+        let plain = ReleaseInfo::from_custom("a", &json!({"version": "1.0.0", "hardware_ids": []}));
+        assert_eq!(plain.unwrap().zstd, None);
+        for bad in [
+            json!({"length": 1, "sha256": "AB".repeat(32)}),
+            json!({"length": 1, "sha256": "ab"}),
+            json!({"length": -1, "sha256": sha}),
+            json!({"sha256": sha}),
+        ] {
+            let custom = json!({"version": "1.0.0", "hardware_ids": [], "zstd": bad});
+            let err = ReleaseInfo::from_custom("a", &custom).unwrap_err();
+            assert!(
+                ["zstd", "length", "u64"]
+                    .iter()
+                    .any(|w| err.reason.contains(w)),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn run(ctx: &mut Context, a: Args) -> Result<()> {
             version,
             hardware_ids: a.hardware_ids.clone(),
             support_until: a.support_until,
+            zstd: None,
         },
         extra: parse_custom(&name, &a.custom)?,
     };

@@ -31,6 +31,7 @@ pub(crate) fn publish(state: &AppState, name: &str, version: &str) {
             version: version.parse().unwrap(),
             hardware_ids: vec!["hw".into()],
             support_until: None,
+            zstd: None,
         },
     };
     state.repo.publish_release(&release, Utc::now()).unwrap();

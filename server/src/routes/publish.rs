@@ -216,6 +216,7 @@ async fn publish_release(
                 version: req.version,
                 hardware_ids: req.hardware_ids,
                 support_until: req.support_until,
+                zstd: None,
             },
         };
         repo.publish_release(&release, now)
