@@ -145,6 +145,14 @@ pub enum CliError {
         /// What it is.
         actual: String,
     },
+    /// Compressing the image for `--zstd` failed.
+    #[error("compressing {} for --zstd: {source}", image.display())]
+    Compress {
+        /// The image.
+        image: PathBuf,
+        /// What failed.
+        source: ota_keys::compress::CompressError,
+    },
     /// A repository directory made by `ota-keys` could not be read.
     #[error("reading repository {}: {source}", dir.display())]
     Repo {

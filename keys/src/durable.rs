@@ -97,6 +97,24 @@ impl AtomicFile {
     }
 }
 
+/// Writing through [`io::Write`] (e.g. a compressor's output). Errors carry the OS error
+/// only; callers name the file.
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("write to a committed file")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.placed {

@@ -26,10 +26,12 @@ use ota_common::signed::{sign_role, RawSigned};
 use ota_common::target::TargetName;
 
 use crate::authority::{self, root_key_sets, KeySet, SignedFile};
+use crate::compress::Compressed;
 use crate::durable::{self, Overwrite};
 use crate::error::{Error, Result};
 pub use crate::image::TargetCustom;
-use crate::image::{copy_image, hash_file, PendingImage};
+use crate::image::{copy_image, hash_and_compress, hash_file, place_compressed};
+use crate::image::{PendingCompressed, PendingImage};
 use crate::repo::{ExpiryPolicy, RepoLayout};
 
 /// The four top-level roles, in the order metadata depends on them.
@@ -64,7 +66,7 @@ struct Versions {
 pub struct CommitReport {
     /// Metadata files written, with their signature status.
     pub metadata: Vec<SignedFile>,
-    /// Images copied into `targets/`.
+    /// Images (and compressed forms) copied into `targets/`.
     pub images: Vec<PathBuf>,
     /// Whether `metadata/root.json` was updated.
     pub latest_root_updated: bool,
@@ -241,8 +243,64 @@ impl RepoEditor {
             src: image.to_path_buf(),
             dest: self.layout.target_path(&target, &sha256),
             sha256,
+            compressed: None,
         });
         Ok(file)
+    }
+
+    /// Like [`RepoEditor::add_target_from_file`], and also makes a zstd-compressed form of
+    /// the image ([`crate::compress::compress_frames`] at `level`) in the same pass, named
+    /// in `custom.zstd` (any value there is replaced). The form is written to a temporary
+    /// file in its `targets/` directory now and placed at
+    /// [`RepoLayout::compressed_path`] on commit; no metadata is written before commit.
+    pub fn add_target_from_file_compressed(
+        &mut self,
+        name: &str,
+        image: &Path,
+        custom: &TargetCustom,
+        level: i32,
+    ) -> Result<(TargetFile, Compressed)> {
+        let target = checked_name(name)?;
+        // Cheap refusals first: compressing a large image takes a while.
+        custom.to_value(name)?;
+        if self.targets.targets.contains_key(name) {
+            return Err(Error::Target {
+                name: name.into(),
+                reason: format!(
+                    "already listed in targets v{}: remove it first to replace it",
+                    self.targets.version
+                ),
+            });
+        }
+        // The directory of the image's content-addressed path (independent of the hash).
+        let any = self.layout.target_path(&target, "0");
+        let dir = any
+            .parent()
+            .ok_or_else(|| Error::Invalid("target path has no directory".into()))?;
+        let ((length, sha256, sha512), tmp, compressed) = hash_and_compress(image, dir, level)?;
+        let form = compressed.form();
+        let mut custom = custom.clone();
+        custom.release.zstd = Some(form.clone());
+        let file = TargetFile {
+            length,
+            hashes: BTreeMap::from([
+                ("sha256".to_string(), sha256.clone()),
+                ("sha512".to_string(), sha512),
+            ]),
+            custom: Some(custom.to_value(name)?),
+            extra: BTreeMap::new(),
+        };
+        self.add_target(name, file.clone())?;
+        self.images.push(PendingImage {
+            src: image.to_path_buf(),
+            dest: self.layout.target_path(&target, &sha256),
+            sha256,
+            compressed: Some(PendingCompressed {
+                file: tmp,
+                dest: self.layout.compressed_path(&target, &form),
+            }),
+        });
+        Ok((file, compressed))
     }
 
     /// Adds a target whose image is stored elsewhere (a server's blob store). Does not write
@@ -402,7 +460,7 @@ impl RepoEditor {
     }
 
     /// Writes everything signed, in crash-safe order (see the module documentation).
-    pub fn commit(self) -> Result<CommitReport> {
+    pub fn commit(mut self) -> Result<CommitReport> {
         if self.root_dirty {
             return Err(Error::Invalid(
                 "root was edited but not signed (sign_root)".into(),
@@ -429,9 +487,15 @@ impl RepoEditor {
             ));
         }
         let mut report = CommitReport::default();
-        for image in &self.images {
-            if copy_image(image)? {
+        for mut image in std::mem::take(&mut self.images) {
+            if copy_image(&image)? {
                 report.images.push(image.dest.clone());
+            }
+            if let Some(c) = image.compressed.take() {
+                let dest = c.dest.clone();
+                if place_compressed(c)? {
+                    report.images.push(dest);
+                }
             }
         }
         for role in ROLES {
@@ -550,6 +614,7 @@ mod tests {
     use ota_common::release::ReleaseInfo;
     use ota_common::verify::VerifyError;
     use serde_json::Map;
+    use sha2::{Digest, Sha256};
     use std::fs;
 
     fn now() -> DateTime<Utc> {
@@ -689,6 +754,59 @@ mod tests {
         let trusted = client(dir.path(), now()).unwrap();
         assert_eq!(trusted.targets().version, 3);
         assert!(trusted.find_target("fw/board-a.img").is_none());
+    }
+
+    #[test]
+    fn a_compressed_form_is_listed_and_placed_beside_the_image_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = init(dir.path(), 1, 1, 1, 1);
+        let image = dir.path().join("img.bin");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 97) as u8).collect();
+        fs::write(&image, &data).unwrap();
+        let layout = RepoLayout::new(dir.path());
+        let name = TargetName::new("fw/board-a.img").unwrap();
+
+        // Dropped without a commit: no file left, not even the temporary one.
+        let mut ed = RepoEditor::load(dir.path(), now()).unwrap();
+        ed.add_target_from_file_compressed("fw/board-a.img", &image, &custom("1.2.0"), 3)
+            .unwrap();
+        drop(ed);
+        let fw_dir = layout.targets_dir().join("fw");
+        assert_eq!(fs::read_dir(&fw_dir).map(|d| d.count()).unwrap_or(0), 0);
+
+        let mut ed = RepoEditor::load(dir.path(), now()).unwrap();
+        let (file, c) = ed
+            .add_target_from_file_compressed("fw/board-a.img", &image, &custom("1.2.0"), 3)
+            .unwrap();
+        let form = ReleaseInfo::from_target("fw/board-a.img", &file)
+            .unwrap()
+            .zstd
+            .unwrap();
+        assert_eq!(form, c.form());
+        assert_eq!(
+            file.length,
+            data.len() as u64,
+            "the TUF length is the image's"
+        );
+        ed.sign_targets(&[&k.targets[0]]).unwrap();
+        ed.sign_snapshot(&[&k.snapshot]).unwrap();
+        ed.sign_timestamp(&[&k.timestamp]).unwrap();
+        let report = ed.commit().unwrap();
+        let zst = layout.compressed_path(&name, &form);
+        assert_eq!(report.images.len(), 2);
+        assert!(report.images.contains(&zst));
+        assert!(zst.to_str().unwrap().ends_with(".board-a.img.zst"));
+        let bytes = fs::read(&zst).unwrap();
+        assert_eq!(bytes.len() as u64, form.length);
+        crate::compress::check_compressed_form(
+            &bytes[..],
+            file.length,
+            &Sha256::digest(&data).into(),
+            &form,
+        )
+        .unwrap();
+        let trusted = client(dir.path(), now()).unwrap();
+        assert!(trusted.find_target("fw/board-a.img").is_some());
     }
 
     #[test]

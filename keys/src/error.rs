@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use ota_common::client::ClientError;
 use ota_common::metadata::expiry;
 
+use crate::compress::CompressError;
 use crate::keyfile::KeyfileError;
 
 /// Everything that can go wrong in ota-keys.
@@ -101,6 +102,16 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+
+    /// Compressing an image failed.
+    #[error("compressing {image}: {source}")]
+    Compress {
+        /// The image.
+        image: PathBuf,
+        /// What failed.
+        #[source]
+        source: CompressError,
     },
 
     /// A target could not be added, removed or checked.

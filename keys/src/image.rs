@@ -1,5 +1,6 @@
 //! Release images: the `custom` fields a target carries, hashing an image in one streaming
-//! pass, and copying it into the repository's content-addressed `targets/` directory.
+//! pass (compressing it in the same pass when asked), and copying it into the repository's
+//! content-addressed `targets/` directory.
 
 use std::fs::File;
 use std::io::Read;
@@ -10,6 +11,7 @@ use ota_common::release::ReleaseInfo;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::compress::{compress_frames, Compressed};
 use crate::durable::{self, AtomicFile, Overwrite};
 use crate::error::{Error, Result};
 
@@ -64,6 +66,76 @@ pub(crate) struct PendingImage {
     pub(crate) dest: PathBuf,
     /// The SHA-256 computed when it was added.
     pub(crate) sha256: String,
+    /// Its compressed form, if one was made.
+    pub(crate) compressed: Option<PendingCompressed>,
+}
+
+/// A compressed form, written to a temporary file beside its destination when the target
+/// was added and placed there on commit (dropped uncommitted, the temporary file goes).
+pub(crate) struct PendingCompressed {
+    /// The temporary file.
+    pub(crate) file: AtomicFile,
+    /// Its content-addressed path in the repository.
+    pub(crate) dest: PathBuf,
+}
+
+/// Length, SHA-256 and SHA-512 of an image, hex.
+pub(crate) type ImageHashes = (u64, String, String);
+
+/// Counts and hashes what passes through a reader.
+struct HashingReader<R> {
+    inner: R,
+    length: u64,
+    sha256: Sha256,
+    sha512: Sha512,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha256.update(&buf[..n]);
+        self.sha512.update(&buf[..n]);
+        self.length += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes an image and compresses it ([`compress_frames`] at `level`) in one streaming
+/// pass into a temporary file in `dir`, so the form is made from exactly the bytes hashed.
+pub(crate) fn hash_and_compress(
+    path: &Path,
+    dir: &Path,
+    level: i32,
+) -> Result<(ImageHashes, AtomicFile, Compressed)> {
+    let f = File::open(path).map_err(|e| Error::io("open image", path, e))?;
+    let mut reader = HashingReader {
+        inner: f,
+        length: 0,
+        sha256: Sha256::new(),
+        sha512: Sha512::new(),
+    };
+    let mut out = AtomicFile::create_in(dir, durable::PUBLIC)?;
+    let compressed =
+        compress_frames(&mut reader, &mut out, level).map_err(|source| Error::Compress {
+            image: path.to_path_buf(),
+            source,
+        })?;
+    let hashes = (
+        reader.length,
+        hex::encode(reader.sha256.finalize()),
+        hex::encode(reader.sha512.finalize()),
+    );
+    Ok((hashes, out, compressed))
+}
+
+/// Places a compressed form at its content-addressed path. Returns false if it was already
+/// there (same name, same content).
+pub(crate) fn place_compressed(c: PendingCompressed) -> Result<bool> {
+    if c.dest.exists() {
+        return Ok(false);
+    }
+    c.file.commit(&c.dest, Overwrite::Refuse)?;
+    Ok(true)
 }
 
 /// Length, SHA-256 and SHA-512 of a file, read in one streaming pass.
@@ -174,6 +246,7 @@ mod tests {
             src: src.clone(),
             dest: dest.clone(),
             sha256,
+            compressed: None,
         };
         std::fs::write(&src, b"abd").unwrap();
         assert!(matches!(copy_image(&pending), Err(Error::Target { .. })));
@@ -182,5 +255,31 @@ mod tests {
         assert!(copy_image(&pending).unwrap());
         assert!(!copy_image(&pending).unwrap(), "already present");
         assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn hashing_and_compressing_agree_with_hashing_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("img");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let out_dir = dir.path().join("targets");
+        let (hashes, file, c) = hash_and_compress(&src, &out_dir, 3).unwrap();
+        assert_eq!(hashes, hash_file(&src).unwrap());
+        let dest = out_dir.join("x.zst");
+        let pending = PendingCompressed {
+            file,
+            dest: dest.clone(),
+        };
+        assert!(place_compressed(pending).unwrap());
+        let bytes = std::fs::read(&dest).unwrap();
+        assert_eq!(bytes.len() as u64, c.length);
+        assert_eq!(zstd::stream::decode_all(&bytes[..]).unwrap(), data);
+        // Already there: the new temporary file is dropped, the file kept.
+        let (_, file, _) = hash_and_compress(&src, &out_dir, 3).unwrap();
+        let again = PendingCompressed { file, dest };
+        assert!(!place_compressed(again).unwrap());
+        let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
     }
 }

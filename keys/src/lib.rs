@@ -8,6 +8,8 @@
 //! - [`repo`]: the repository directory layout, reading metadata, expiry defaults.
 //! - [`editor`]: [`editor::RepoEditor`], load → edit in memory → sign → commit.
 //! - [`image`]: release images: `custom` fields, streaming hashes, copying into `targets/`.
+//! - [`compress`]: zstd-compressed forms of images: making them, and checking one decodes
+//!   to its image (shared with the CLI and the server).
 //! - [`authority`]: which keys must sign a file, threshold status, k-of-n co-signing.
 //! - [`verification`]: offline verification with the real client workflow of `ota-common`.
 //! - [`dev`]: development repositories for the server's `--dev` mode.
@@ -28,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod authority;
+pub mod compress;
 pub mod dev;
 pub mod durable;
 pub mod editor;

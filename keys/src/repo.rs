@@ -7,6 +7,7 @@
 //! <dir>/metadata/{N}.snapshot.json
 //! <dir>/metadata/{N}.targets.json
 //! <dir>/targets/{dir/}{sha256}.{basename}   images (TargetName::consistent_path)
+//! <dir>/targets/{dir/}{zsha256}.{basename}.zst   compressed forms (CompressedForm::consistent_path)
 //! ```
 //!
 //! Nothing here writes: editing is [`crate::editor::RepoEditor`]'s job.
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, TimeDelta, Utc};
 use ota_common::client::{FetchRequest, FetchResponse};
 use ota_common::metadata::{Role, RoleType, Root, Snapshot, Targets, Timestamp};
+use ota_common::release::CompressedForm;
 use ota_common::signed::RawSigned;
 use ota_common::target::TargetName;
 
@@ -124,6 +126,16 @@ impl RepoLayout {
         let mut p = self.targets_dir();
         // consistent_path percent-encodes every component, so none is `.`, `..` or has `/`.
         for part in name.consistent_path(sha256_hex).split('/') {
+            p.push(part);
+        }
+        p
+    }
+
+    /// Where a target's compressed form lives: `targets/` +
+    /// [`CompressedForm::consistent_path`] (`<dir>/<sha256>.<base>.zst`).
+    pub fn compressed_path(&self, name: &TargetName, form: &CompressedForm) -> PathBuf {
+        let mut p = self.targets_dir();
+        for part in form.consistent_path(name).split('/') {
             p.push(part);
         }
         p

@@ -173,3 +173,64 @@ fn without_online_keys_targets_wait_for_the_server() {
     );
     assert!(report.contains("targets    v1"), "{report}");
 }
+
+#[test]
+fn zstd_form_is_listed_in_custom_and_written_beside_the_image() {
+    let ws = Workspace::new();
+    ws.ok(&["init"]);
+    let image: Vec<u8> = (0..500_000u32).map(|i| (i % 13) as u8).collect();
+    ws.write("fw.bin", &image);
+    let out = ws.ok(&[
+        "add-target",
+        "fw.bin",
+        "--name",
+        "boards/a/fw.bin",
+        "--version",
+        "1.0.0",
+        "--hardware-id",
+        "a",
+        "--zstd",
+        "--zstd-level",
+        "5",
+    ]);
+    assert!(out.contains("zstd form"), "{out}");
+    let t = &ws.metadata("2.targets.json")["signed"]["targets"]["boards/a/fw.bin"];
+    assert_eq!(t["length"], 500_000, "the TUF length stays the image's");
+    let form = &t["custom"]["zstd"];
+    let zsha = form["sha256"].as_str().unwrap();
+    let zst = fs::read(ws.path(&format!("repo/targets/boards/a/{zsha}.fw.bin.zst"))).unwrap();
+    assert_eq!(form["length"], zst.len() as u64);
+    assert_eq!(hex::encode(Sha256::digest(&zst)), zsha);
+    assert!(zst.len() < image.len() / 10, "{}", zst.len());
+    let report = ws.ok(&["verify"]);
+    assert!(report.contains("targets    v2"), "{report}");
+
+    // The level is bounded, and needs --zstd.
+    let err = ws.fail(&[
+        "add-target",
+        "fw.bin",
+        "--name",
+        "b",
+        "--version",
+        "1.0.0",
+        "--hardware-id",
+        "a",
+        "--zstd",
+        "--zstd-level",
+        "20",
+    ]);
+    assert!(err.contains("20"), "{err}");
+    let err = ws.fail(&[
+        "add-target",
+        "fw.bin",
+        "--name",
+        "b",
+        "--version",
+        "1.0.0",
+        "--hardware-id",
+        "a",
+        "--zstd-level",
+        "3",
+    ]);
+    assert!(err.contains("--zstd"), "{err}");
+}

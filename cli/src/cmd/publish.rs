@@ -1,10 +1,12 @@
 //! `ota publish`: the two ways a release reaches the server.
 //!
-//! - Development server (it holds the targets key): upload the image, then ask the server
-//!   to list and sign it (`POST /api/v1/releases`).
+//! - Development server (it holds the targets key): upload the image (and with `--zstd` its
+//!   compressed form, made locally in constant memory), then ask the server to list and
+//!   sign it (`POST /api/v1/releases`); the server checks the form decodes to the image.
 //! - Production (`--signed-targets REPO_DIR`): the release engineers signed a targets
 //!   version with `ota-keys`; upload the images it lists that are present in the
-//!   repository, then post the signed metadata byte for byte (`POST /api/v1/targets`).
+//!   repository (and the compressed forms `ota-keys add-target --zstd` wrote beside them),
+//!   then post the signed metadata byte for byte (`POST /api/v1/targets`).
 //!   Before uploading anything, the server's root is compared with the repository's
 //!   signatures, so that gigabytes are not sent to a server that will refuse the metadata.
 
@@ -13,9 +15,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use ota_common::metadata::{RoleType, Root, Targets};
-use ota_common::release::ReleaseVersion;
+use ota_common::release::{ReleaseInfo, ReleaseVersion};
 use ota_common::signed::RawSigned;
 use ota_common::target::TargetName;
+use ota_keys::compress::{compress_frames, Compressed, DEFAULT_LEVEL};
 use ota_keys::repo::RepoLayout;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,8 +26,8 @@ use serde_json::{json, Value};
 use super::Ctx;
 use crate::client::decode;
 use crate::error::CliError;
-use crate::output::{print_json, Format};
-use crate::upload::upload_file;
+use crate::output::{print_json, size, Format};
+use crate::upload::{upload_file, Uploaded};
 
 /// Largest targets metadata read from the repository (the server's own limit).
 const MAX_TARGETS_BYTES: u64 = 5_000_000;
@@ -59,8 +62,15 @@ pub struct Args {
     /// End of security support, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
     #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
     support_until: Option<DateTime<Utc>>,
+    /// Also publish a zstd-compressed form (8 MiB frames) that devices may download instead.
+    #[arg(long)]
+    zstd: bool,
+    /// zstd level, 1 (fast) to 19 (small).
+    #[arg(long, value_name = "N", requires = "zstd", default_value_t = DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
     /// Publish the latest targets metadata of this ota-keys repository (production).
-    #[arg(long, value_name = "REPO_DIR", conflicts_with_all = ["name", "release_version", "hardware_ids", "support_until"])]
+    #[arg(long, value_name = "REPO_DIR", conflicts_with_all = ["name", "release_version", "hardware_ids", "support_until", "zstd"])]
     signed_targets: Option<PathBuf>,
 }
 
@@ -89,7 +99,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), CliError> {
                 a.hardware_ids,
                 a.support_until,
             )?;
-            publish_dev(ctx, &image, release).await
+            let zstd_level = a.zstd.then_some(a.zstd_level);
+            publish_dev(ctx, &image, release, zstd_level).await
         }
         // clap requires one of the two.
         (None, None) => Err(CliError::Usage(
@@ -132,14 +143,90 @@ impl DevRelease {
     }
 }
 
-async fn publish_dev(ctx: &Ctx, image: &Path, r: DevRelease) -> Result<(), CliError> {
+/// A compressed form made for upload, in a temporary file removed on drop.
+struct LocalForm {
+    file: tempfile::NamedTempFile,
+    compressed: Compressed,
+}
+
+/// Compresses `image` into a temporary file on a blocking thread (constant memory).
+async fn compress_image(image: &Path, level: i32) -> Result<LocalForm, CliError> {
+    let image = image.to_path_buf();
+    eprintln!("compressing {} (zstd level {level})", image.display());
+    tokio::task::spawn_blocking(move || {
+        let src = std::fs::File::open(&image).map_err(|source| CliError::ReadFile {
+            what: "reading the image",
+            path: image.clone(),
+            source,
+        })?;
+        let mut file = tempfile::NamedTempFile::new().map_err(|source| CliError::ReadFile {
+            what: "creating a temporary file for the compressed image in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let compressed = compress_frames(src, file.as_file_mut(), level)
+            .map_err(|source| CliError::Compress { image, source })?;
+        Ok(LocalForm { file, compressed })
+    })
+    .await
+    .map_err(|e| CliError::Usage(format!("compression task failed: {e}")))?
+}
+
+/// Uploads a compressed form and checks the server stored exactly it.
+async fn upload_form(ctx: &Ctx, form: &LocalForm, label: &str) -> Result<Uploaded, CliError> {
+    let stored = upload_file(&ctx.client, form.file.path(), label).await?;
+    let sha256 = hex::encode(form.compressed.sha256);
+    if stored.sha256 != sha256 || stored.length != form.compressed.length {
+        return Err(CliError::UploadMismatch {
+            path: form.file.path().to_path_buf(),
+            what: "compressed form",
+            expected: format!("{} bytes, sha256 {sha256}", form.compressed.length),
+            actual: format!("{} bytes, sha256 {}", stored.length, stored.sha256),
+        });
+    }
+    Ok(stored)
+}
+
+/// `part` as a percentage of `whole` (100 for an empty whole).
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+async fn publish_dev(
+    ctx: &Ctx,
+    image: &Path,
+    r: DevRelease,
+    zstd_level: Option<i32>,
+) -> Result<(), CliError> {
+    // Compressed first: a failure there costs no upload.
+    let form = match zstd_level {
+        Some(level) => Some(compress_image(image, level).await?),
+        None => None,
+    };
     let uploaded = upload_file(&ctx.client, image, &r.name).await?;
+    if let Some(f) = &form {
+        if f.compressed.input_length != uploaded.length {
+            return Err(CliError::UploadMismatch {
+                path: image.to_path_buf(),
+                what: "length (the image changed while it was compressed)",
+                expected: f.compressed.input_length.to_string(),
+                actual: uploaded.length.to_string(),
+            });
+        }
+        upload_form(ctx, f, &format!("{}.zst", r.name)).await?;
+    }
+    let zstd = form.as_ref().map(|f| f.compressed.form());
     let body = json!({
         "name": r.name,
         "sha256": uploaded.sha256,
         "version": r.version.to_string(),
         "hardware_ids": r.hardware_ids,
         "support_until": r.support_until.map(|t| crate::output::time(&t)),
+        "zstd": zstd,
     });
     let answer = ctx
         .client
@@ -164,6 +251,11 @@ async fn publish_dev(ctx: &Ctx, image: &Path, r: DevRelease) -> Result<(), CliEr
             "version": r.version.to_string(),
             "sha256": uploaded.sha256,
             "length": uploaded.length,
+            "zstd": zstd.as_ref().map(|z| json!({
+                "length": z.length,
+                "sha256": z.sha256,
+                "percent_of_image": percent(z.length, uploaded.length),
+            })),
             "outcome": answer,
         })),
         Format::Human => {
@@ -171,6 +263,16 @@ async fn publish_dev(ctx: &Ctx, image: &Path, r: DevRelease) -> Result<(), CliEr
                 "published {} version {} ({} bytes, sha256 {})",
                 r.name, r.version, uploaded.length, uploaded.sha256
             );
+            if let Some(z) = &zstd {
+                println!(
+                    "zstd form: {} bytes, {} -> {} ({:.1}% of the image), sha256 {}",
+                    z.length,
+                    size(uploaded.length),
+                    size(z.length),
+                    percent(z.length, uploaded.length),
+                    z.sha256
+                );
+            }
             print_outcome(&outcome);
             Ok(())
         }
@@ -307,6 +409,7 @@ async fn publish_signed(ctx: &Ctx, dir: &Path) -> Result<(), CliError> {
         }
         uploaded += 1;
     }
+    let forms = upload_repo_forms(ctx, &repo, &mut absent).await?;
     for name in &absent {
         eprintln!(
             "note: {name} is not under {}; not uploaded (the server must already have it)",
@@ -324,12 +427,18 @@ async fn publish_signed(ctx: &Ctx, dir: &Path) -> Result<(), CliError> {
         Format::Json => print_json(&json!({
             "targets_file": repo.path,
             "uploaded": uploaded,
+            "compressed_forms_uploaded": forms,
             "not_present_locally": absent,
             "outcome": answer,
         })),
         Format::Human => {
+            let forms = if forms > 0 {
+                format!(", {forms} compressed form(s)")
+            } else {
+                String::new()
+            };
             println!(
-                "published {} ({} target(s); {uploaded} image(s) uploaded)",
+                "published {} ({} target(s); {uploaded} image(s){forms} uploaded)",
                 repo.layout.display(&repo.path),
                 repo.targets.targets.len()
             );
@@ -337,6 +446,54 @@ async fn publish_signed(ctx: &Ctx, dir: &Path) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Uploads the compressed forms the targets name (`custom.zstd`) that `ota-keys add-target
+/// --zstd` wrote into the repository; names a form absent locally in `absent` (as
+/// `NAME (zstd)`). Returns how many were uploaded.
+async fn upload_repo_forms(
+    ctx: &Ctx,
+    repo: &RepoTargets,
+    absent: &mut Vec<String>,
+) -> Result<usize, CliError> {
+    let mut uploaded = 0;
+    for (name, file) in &repo.targets.targets {
+        // Targets without valid release fields are the server's to refuse.
+        let Some(form) = ReleaseInfo::from_target(name, file)
+            .ok()
+            .and_then(|i| i.zstd)
+        else {
+            continue;
+        };
+        let target = TargetName::new(name).map_err(|e| CliError::Metadata {
+            what: format!("target {name:?}"),
+            reason: e.to_string(),
+        })?;
+        let path = repo.layout.compressed_path(&target, &form);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            absent.push(format!("{name} (zstd)"));
+            continue;
+        };
+        if meta.len() != form.length {
+            return Err(CliError::UploadMismatch {
+                path,
+                what: "length",
+                expected: form.length.to_string(),
+                actual: meta.len().to_string(),
+            });
+        }
+        let stored = upload_file(&ctx.client, &path, &format!("{name}.zst")).await?;
+        if stored.sha256 != form.sha256 {
+            return Err(CliError::UploadMismatch {
+                path,
+                what: "sha256",
+                expected: form.sha256,
+                actual: stored.sha256,
+            });
+        }
+        uploaded += 1;
+    }
+    Ok(uploaded)
 }
 
 fn explain_targets_refusal(e: CliError, repo: &RepoTargets) -> CliError {

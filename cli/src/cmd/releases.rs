@@ -35,6 +35,9 @@ pub struct Release {
     /// Release fields, when the target has valid ones.
     #[serde(default)]
     pub release: Option<ReleaseFields>,
+    /// Length of the zstd-compressed form, if there is one.
+    #[serde(default)]
+    pub zstd_length: Option<u64>,
     /// When it was withdrawn.
     #[serde(default)]
     pub withdrawn_at: Option<DateTime<Utc>>,
@@ -83,6 +86,7 @@ fn table(list: &[Release]) -> Table {
         "VERSION",
         "HARDWARE",
         "SIZE",
+        "ZSTD",
         "SHA256",
         "SUPPORT-UNTIL",
         "STATUS",
@@ -94,6 +98,7 @@ fn table(list: &[Release]) -> Table {
             or_dash(f.map(|f| f.version.clone())),
             or_dash(f.map(|f| f.hardware_ids.join(","))),
             size(r.length),
+            or_dash(r.zstd_length.map(size)),
             or_dash(
                 r.sha256
                     .as_deref()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use ota_common::metadata::RoleType;
 use ota_common::release::{ReleaseInfo, ReleaseVersion};
+use ota_keys::compress::DEFAULT_LEVEL;
 use ota_keys::error::{Error, Result};
 use ota_keys::{RepoEditor, TargetCustom};
 use serde_json::{Map, Value};
@@ -34,6 +35,14 @@ pub struct Args {
     /// Targets key to sign with (id, id prefix or key file); default: every one here.
     #[arg(long = "key", value_name = "KEY")]
     keys: Vec<String>,
+    /// Also make a zstd-compressed form (8 MiB frames), listed in `custom.zstd` and written
+    /// beside the image in targets/ for `ota publish --signed-targets` to upload.
+    #[arg(long)]
+    zstd: bool,
+    /// zstd level, 1 (fast) to 19 (small).
+    #[arg(long, value_name = "N", requires = "zstd", default_value_t = DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
 }
 
 pub fn run(ctx: &mut Context, a: Args) -> Result<()> {
@@ -65,7 +74,13 @@ pub fn run(ctx: &mut Context, a: Args) -> Result<()> {
         extra: parse_custom(&name, &a.custom)?,
     };
     let mut editor = RepoEditor::load(ctx.layout.dir(), ctx.now)?;
-    let file = editor.add_target_from_file(&name, &a.image, &custom)?;
+    let (file, compressed) = if a.zstd {
+        let (file, c) =
+            editor.add_target_from_file_compressed(&name, &a.image, &custom, a.zstd_level)?;
+        (file, Some(c))
+    } else {
+        (editor.add_target_from_file(&name, &a.image, &custom)?, None)
+    };
     let keys = ctx.role_keys(editor.root(), RoleType::Targets, &a.keys)?;
     if keys.is_empty() {
         return Err(Error::Invalid(format!(
@@ -87,7 +102,25 @@ pub fn run(ctx: &mut Context, a: Args) -> Result<()> {
         file.sha256().unwrap_or("-"),
         custom.release.version
     );
+    if let Some(c) = compressed {
+        println!(
+            "zstd form {} bytes ({:.1}% of the image, {} frame(s)), sha256 {}",
+            c.length,
+            percent(c.length, file.length),
+            c.frames,
+            hex::encode(c.sha256)
+        );
+    }
     Ok(())
+}
+
+/// `part` as a percentage of `whole` (100 for an empty whole).
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
 
 /// `KEY=VALUE` pairs into a JSON object.

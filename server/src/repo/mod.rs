@@ -4,6 +4,7 @@
 //! - [`signer`]: the online keys and the snapshot/timestamp documents they sign.
 //! - [`publish`]: accepting new targets metadata (signed by release engineers, or by the
 //!   server in development mode), all-or-nothing.
+//! - [`compressed`]: checking the zstd-compressed forms new targets name, before publishing.
 //!
 //! Store layout (tree `tuf`): `root/<be u64>`, `targets/<be u64>`, `snapshot/<be u64>` hold
 //! every version ever published; `timestamp` holds the current timestamp. A publish writes
@@ -11,6 +12,7 @@
 //! so after a crash a release is either fully visible or absent, and two writers cannot
 //! both win.
 
+pub mod compressed;
 pub mod publish;
 pub mod signer;
 
@@ -20,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ota_common::metadata::{Root, Snapshot, Targets, Timestamp};
+use ota_common::release::ReleaseInfo;
 use ota_common::signed::RawSigned;
 use ota_common::target::TargetName;
 use sha2::{Digest, Sha256};
@@ -112,7 +115,8 @@ pub struct RepoView {
     pub snapshot_signed: Snapshot,
     /// Parsed current targets.
     pub targets_signed: Targets,
-    /// Target files by their consistent path (`dir/<sha256>.<base>`), for the current and
+    /// Target files by their consistent path (`dir/<sha256>.<base>`), and the compressed
+    /// forms their `custom.zstd` names (`dir/<zstd sha256>.<base>.zst`), for the current and
     /// recent targets versions, so a device mid-download is not cut off by a publish.
     pub files: HashMap<String, ServedTarget>,
 }
@@ -312,6 +316,19 @@ fn load_view(store: &dyn Store) -> Result<RepoView, RepoError> {
                     length: file.length,
                 },
             );
+            // Published forms were checked to decode to the image (see `compressed`).
+            if let Some(form) = ReleaseInfo::from_target(name.as_str(), file)
+                .ok()
+                .and_then(|i| i.zstd)
+            {
+                files.insert(
+                    form.consistent_path(&name),
+                    ServedTarget {
+                        sha256: form.sha256,
+                        length: form.length,
+                    },
+                );
+            }
         }
         if t.version == targets_version {
             targets_signed = Some(t.clone());

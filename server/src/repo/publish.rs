@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::signer::{sign_snapshot, sign_targets, sign_timestamp};
 use super::{version_key, RepoError, Repository, BLOBS_TREE, TREE};
+use crate::blobs::BlobStore;
 use crate::store::{Op, Store, StoreError, StoreExt};
 
 /// Why a publish was refused. Nothing was changed.
@@ -59,6 +60,40 @@ pub enum PublishError {
         /// Its hash.
         sha256: String,
     },
+    /// A target's compressed form was not uploaded.
+    #[error(
+        "target {target:?}: compressed form {sha256} has not been uploaded (PUT it to /api/v1/blobs first)"
+    )]
+    MissingCompressedBlob {
+        /// Target.
+        target: String,
+        /// The form's sha256.
+        sha256: String,
+    },
+    /// A target's compressed form does not decode to its image (or is not the blob it
+    /// names, or needs more than the devices' window).
+    #[error("target {target:?}: compressed form {sha256} refused: {source}")]
+    CompressedForm {
+        /// Target.
+        target: String,
+        /// The form's blob.
+        sha256: String,
+        /// The check that failed.
+        #[source]
+        source: ota_keys::compress::CompressedFormError,
+    },
+    /// Reading an uploaded blob failed (a server-side problem).
+    #[error("reading uploaded blob {sha256}: {source}")]
+    BlobRead {
+        /// The blob.
+        sha256: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A compressed form was given to a publish path that cannot check it.
+    #[error("release {0:?} names a compressed form: publish it with publish_release_checked")]
+    UncheckedCompressedForm(String),
     /// A target's length or sha512 differs from the uploaded image.
     #[error("target {target:?}: {what} differs from the uploaded image")]
     BlobMismatch {
@@ -198,22 +233,60 @@ impl Repository {
         Ok(())
     }
 
-    /// Publishes targets metadata signed by release engineers (production flow).
+    /// Publishes targets metadata signed by release engineers (production flow). Every
+    /// compressed form a new target names is checked against the blobs in `blobs` first.
     pub fn publish_targets(
         &self,
         bytes: &[u8],
+        blobs: &BlobStore,
         now: DateTime<Utc>,
     ) -> Result<PublishOutcome, PublishError> {
+        let raw = RawSigned::parse(bytes).map_err(|e| PublishError::Malformed(e.to_string()))?;
+        {
+            // The cheap checks first, then the forms, before the write lock: decoding a
+            // large form takes a while, and the blobs it reads never change. Under the lock
+            // the cheap checks run again against the then current view.
+            let view = self.view();
+            let targets = verify_targets(&view.root, &raw)?;
+            self.check_new_targets(&view.targets_signed, &targets, now)?;
+            self.check_new_forms(&view.targets_signed, &targets, blobs)?;
+        }
         let _guard = self.lock();
         let view = self.view();
-        let raw = RawSigned::parse(bytes).map_err(|e| PublishError::Malformed(e.to_string()))?;
         let targets = verify_targets(&view.root, &raw)?;
         self.check_new_targets(&view.targets_signed, &targets, now)?;
         self.commit(bytes.to_vec(), targets.version, now)
     }
 
-    /// Adds a release and signs targets with the server's key (development mode).
+    /// Adds a release and signs targets with the server's key (development mode), after
+    /// checking its compressed form, if it names one, against the blobs in `blobs`.
+    pub fn publish_release_checked(
+        &self,
+        release: &NewRelease,
+        blobs: &BlobStore,
+        now: DateTime<Utc>,
+    ) -> Result<PublishOutcome, PublishError> {
+        if let Some(form) = &release.info.zstd {
+            self.check_compressed_form(&release.name, &release.blob, form, blobs)?;
+        }
+        self.sign_and_publish_release(release, now)
+    }
+
+    /// Adds a release without a compressed form and signs targets with the server's key
+    /// (development mode). A release naming a compressed form is refused: use
+    /// [`Repository::publish_release_checked`].
     pub fn publish_release(
+        &self,
+        release: &NewRelease,
+        now: DateTime<Utc>,
+    ) -> Result<PublishOutcome, PublishError> {
+        if release.info.zstd.is_some() {
+            return Err(PublishError::UncheckedCompressedForm(release.name.clone()));
+        }
+        self.sign_and_publish_release(release, now)
+    }
+
+    fn sign_and_publish_release(
         &self,
         release: &NewRelease,
         now: DateTime<Utc>,

@@ -9,7 +9,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use ota_common::release::{ReleaseInfo, ReleaseVersion};
+use ota_common::release::{CompressedForm, ReleaseInfo, ReleaseVersion};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -55,6 +55,8 @@ impl From<PublishError> for ApiFailure {
             P::Expired { .. }
             | P::MissingBlob { .. }
             | P::BlobMismatch { .. }
+            | P::MissingCompressedBlob { .. }
+            | P::CompressedForm { .. }
             | P::DelegationsUnsupported
             | P::Root(_) => ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", msg),
             P::NoTargetsKey => ApiFailure::new(StatusCode::CONFLICT, "no_targets_key", msg),
@@ -142,10 +144,11 @@ async fn publish_targets(
 ) -> Result<Json<PublishOutcome>, ApiFailure> {
     caller.require(Permission::Publish)?;
     let body = body?;
-    let repo = state.repo.clone();
+    let (repo, blobs) = (state.repo.clone(), state.blobs.clone());
     let now = state.now();
     let outcome = blocking("publishing", move || {
-        repo.publish_targets(&body, now).map_err(ApiFailure::from)
+        repo.publish_targets(&body, &blobs, now)
+            .map_err(ApiFailure::from)
     })
     .await?;
     inc(&state.metrics.publishes);
@@ -175,6 +178,10 @@ pub struct ReleaseRequest {
     /// End of security support.
     #[serde(default)]
     pub support_until: Option<DateTime<Utc>>,
+    /// A zstd-compressed form of the image, uploaded as its own blob: checked to decode to
+    /// the image before the release is signed, then served beside it.
+    #[serde(default)]
+    pub zstd: Option<CompressedForm>,
 }
 
 async fn publish_release(
@@ -191,7 +198,7 @@ async fn publish_release(
     }
     crate::blobs::validate_sha256_hex(&req.sha256)
         .map_err(|e| ApiFailure::bad_request(e.to_string()))?;
-    let repo = state.repo.clone();
+    let (repo, blobs) = (state.repo.clone(), state.blobs.clone());
     let now = state.now();
     let name = req.name.clone();
     let outcome = blocking("publishing", move || {
@@ -216,10 +223,12 @@ async fn publish_release(
                 version: req.version,
                 hardware_ids: req.hardware_ids,
                 support_until: req.support_until,
-                zstd: None,
+                zstd: req.zstd,
             },
         };
-        repo.publish_release(&release, now)
+        // The compressed form, if any, is decoded and checked here, on this blocking
+        // thread, before anything is signed.
+        repo.publish_release_checked(&release, &blobs, now)
             .map_err(ApiFailure::from)
     })
     .await?;
@@ -300,6 +309,8 @@ pub struct ReleaseView {
     pub sha256: Option<String>,
     /// Release fields, if valid.
     pub release: Option<ReleaseInfo>,
+    /// Length of the zstd-compressed form, if the release has one.
+    pub zstd_length: Option<u64>,
     /// Withdrawal time.
     pub withdrawn_at: Option<DateTime<Utc>>,
 }
@@ -318,11 +329,16 @@ async fn list_releases(
                 .store()
                 .get_json(RELEASES_TREE, name.as_bytes())
                 .map_err(|e| ApiFailure::internal("listing releases", e))?;
+            let release = ReleaseInfo::from_target(name, file).ok();
             out.push(ReleaseView {
                 name: name.clone(),
                 length: file.length,
                 sha256: file.sha256().map(str::to_string),
-                release: ReleaseInfo::from_target(name, file).ok(),
+                zstd_length: release
+                    .as_ref()
+                    .and_then(|r| r.zstd.as_ref())
+                    .map(|z| z.length),
+                release,
                 withdrawn_at: rec.and_then(|r| r.withdrawn_at),
             });
         }
