@@ -166,6 +166,10 @@ pub struct DownloadConfig {
     /// most of the agent's CPU on a fast link. Filesystems that refuse it (tmpfs) are
     /// written through the cache anyway. Default true.
     pub direct_io: bool,
+    /// Download a release's zstd-compressed form when it has one (decoded on the way into
+    /// the slot, resumable at frame boundaries); false always fetches the image itself.
+    /// What is installed is checked against the signed image either way. Default true.
+    pub compressed: bool,
 }
 
 impl DownloadConfig {
@@ -183,6 +187,7 @@ impl Default for DownloadConfig {
             checkpoint_mib: 32,
             checkpoint_secs: 1,
             direct_io: true,
+            compressed: true,
         }
     }
 }
@@ -307,6 +312,13 @@ path = "boot.json"
         assert_eq!(download("checkpoint_secs = 0").unwrap(), 0);
         assert!(download("checkpoint_secs = 3601").is_err());
         assert!(download("checkpoint_mib = 0").is_err());
+        let compressed = |extra: &str| {
+            let cfg: AgentConfig = toml::from_str(&format!("{GOOD}\n{extra}")).unwrap();
+            cfg.download.compressed
+        };
+        assert!(compressed(""));
+        assert!(compressed("[download]\ndirect_io = false"));
+        assert!(!compressed("[download]\ncompressed = false"));
     }
 
     #[test]

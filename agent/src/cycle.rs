@@ -32,10 +32,11 @@ use serde_json::{json, Value};
 use crate::anomaly_queue::AnomalyQueue;
 use crate::boot::{AbBootloader, BootError, BootedSlotSource, Bootloader, Slot};
 use crate::config::{AgentConfig, BootloaderConfig};
+use crate::decode::{DecodeError, ZstdSink};
 use crate::health;
 use crate::metadata_store::MetadataStore;
 use crate::oplog::{OpKind, OpLog};
-use crate::pipeline::PipedWriter;
+use crate::pipeline::{PipedWriter, ResumePoint, Sink, SinkError};
 use crate::progress::Progress;
 use crate::slots::{ImageSpec, SlotError, SlotOptions, SlotSet, SlotWriter, VerifiedImage};
 use crate::state::{AgentState, PendingUpdate, Phase, SaveInFlight, StateError, StateStore};
@@ -113,6 +114,9 @@ pub enum AgentError {
     /// A slot could not be read or written.
     #[error(transparent)]
     Slot(#[from] SlotError),
+    /// The zstd decoder could not be set up.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
 }
 
 /// The agent: configuration plus everything it owns on disk.
@@ -546,10 +550,20 @@ impl Agent {
         let version: semver::Version = info.version.semver().clone();
         let booted = self.boot.active_slot()?;
         let (slot, _) = self.slots.inactive(booted);
-        let resume = match &self.state.pending {
-            Some(p) if p.target_name == name && p.sha256 == sha && p.slot == slot => p.clone(),
+        // The compressed form, when the release has one and the configuration takes it.
+        let offered = info.zstd.clone().filter(|_| self.cfg.download.compressed);
+        let resume = match &mut self.state.pending {
+            Some(p) if p.target_name == name && p.sha256 == sha && p.slot == slot => {
+                if p.select_source(offered.as_ref()) {
+                    let p = p.clone();
+                    self.save()?;
+                    p
+                } else {
+                    p.clone()
+                }
+            }
             _ => {
-                let p = PendingUpdate {
+                let mut p = PendingUpdate {
                     target_name: name.clone(),
                     version: version.clone(),
                     sha256: sha,
@@ -562,7 +576,9 @@ impl Agent {
                         .filter(|d| d.target == name)
                         .and_then(|d| d.deployment.clone()),
                     resume_offset: 0,
+                    compressed: None,
                 };
+                p.select_source(offered.as_ref());
                 self.state.abandon_pending();
                 self.state.begin_update(p.clone())?;
                 self.save()?;
@@ -706,146 +722,219 @@ impl Agent {
         };
         let slot_path = self.slots.path(pending.slot).to_path_buf();
         let options = SlotOptions::direct_io(self.cfg.download.direct_io);
-        let mut writer =
-            match SlotWriter::open_with(&slot_path, spec, pending.resume_offset, options) {
-                Ok(w) => w,
-                Err(SlotError::ResumePastEnd { .. }) => {
-                    SlotWriter::open_with(&slot_path, spec, 0, options)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-        let kind = if writer.position() > 0 {
+        let mut at = pending.resume_point();
+        let writer = match SlotWriter::open_with(&slot_path, spec, at.image, options) {
+            Ok(w) => w,
+            Err(SlotError::ResumePastEnd { .. }) => {
+                at = ResumePoint::ZERO;
+                SlotWriter::open_with(&slot_path, spec, 0, options)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let compressed = pending.compressed.as_ref();
+        let kind = if at.image > 0 || at.source > 0 {
             OpKind::DownloadResume
         } else {
             OpKind::DownloadStart
         };
-        self.log(now, kind, json!({"target": name.as_str(), "slot": pending.slot, "offset": writer.position(), "length": pending.length}))?;
-        if writer.position() < pending.length {
-            let path = name.consistent_path(sha_hex);
-            let mut resp = match self.transport.download(&path, writer.position()).await {
-                Ok(r) => r,
-                Err(TransportError::RangeIgnored) => {
-                    // Start over rather than stay stuck: the hash check covers the restart.
-                    self.set_offset(0)?;
+        self.log(
+            now,
+            kind,
+            json!({
+                "target": name.as_str(),
+                "slot": pending.slot,
+                "offset": at.image,
+                "length": pending.length,
+                "compressed": compressed.is_some(),
+                "source_offset": at.source,
+                "source_length": compressed.map(|c| c.form.length),
+            }),
+        )?;
+        if at.image >= pending.length {
+            // Everything is in the slot already (a crash before the verified state was
+            // saved): only the check remains.
+            return self.finish_download(
+                now,
+                name,
+                sha_hex,
+                pending,
+                writer.finish().map_err(SinkError::from),
+            );
+        }
+        // The image itself, or its compressed form decoded on the worker thread.
+        let (path, total, sink) = match compressed {
+            Some(c) => {
+                let path = c.form.consistent_path(name);
+                let sink = ZstdSink::new(writer, path.clone(), c.form.length, at.source)?;
+                (path, c.form.length, Sink::Zstd(sink))
+            }
+            None => (
+                name.consistent_path(sha_hex),
+                pending.length,
+                Sink::Plain(writer),
+            ),
+        };
+        let mut resp = match self.transport.download(&path, at.source).await {
+            Ok(r) => r,
+            Err(TransportError::RangeIgnored) => {
+                // Start over rather than stay stuck: the hash check covers the restart.
+                self.set_resume_point(ResumePoint::ZERO)?;
+                return Ok(Err(Outcome::Failed {
+                    kind: "range_ignored".into(),
+                    message: TransportError::RangeIgnored.to_string(),
+                    retry_soon: true,
+                }));
+            }
+            Err(e) => return Ok(Err(self.transport_failure(now, "download", e))),
+        };
+        // Progress counts the bytes fetched (compressed ones for a compressed form).
+        self.progress.start(name.as_str(), total, at.source);
+        let mut since_checkpoint = 0u64;
+        let mut last_checkpoint = std::time::Instant::now();
+        // Hash and write on a second thread while the next chunk arrives; checkpoints
+        // sync there too, while the download goes on, and are recorded once durable.
+        let mut pipe = PipedWriter::start(sink);
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    // Keep what arrived: the next attempt resumes from here.
+                    let at = match pipe.checkpoint() {
+                        Ok(at) => at,
+                        Err(err) => {
+                            self.progress.finish();
+                            return self.refuse_download(now, pending, err);
+                        }
+                    };
+                    self.set_resume_point(at)?;
+                    self.progress.finish();
+                    let offset = at.image;
+                    tracing::warn!(offset, source_offset = at.source, error = %e, "download interrupted; will resume");
                     return Ok(Err(Outcome::Failed {
-                        kind: "range_ignored".into(),
-                        message: TransportError::RangeIgnored.to_string(),
+                        kind: "network".into(),
+                        message: format!("download interrupted at {offset}: {e}"),
                         retry_soon: true,
                     }));
                 }
-                Err(e) => return Ok(Err(self.transport_failure(now, "download", e))),
             };
-            self.progress
-                .start(name.as_str(), pending.length, writer.position());
-            let mut since_checkpoint = 0u64;
-            let mut last_checkpoint = std::time::Instant::now();
-            // Hash and write on a second thread while the next chunk arrives; checkpoints
-            // sync there too, while the download goes on, and are recorded once durable.
-            let mut pipe = PipedWriter::start(writer);
-            loop {
-                let chunk = match resp.chunk().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
+            let len = chunk.len() as u64;
+            if let Err(e) = pipe.write(chunk) {
+                self.progress.finish();
+                return self.refuse_download(now, pending, e);
+            }
+            since_checkpoint += len;
+            self.progress.update(pipe.position());
+            let mut durable = pipe.poll_checkpoint();
+            if self
+                .cfg
+                .download
+                .checkpoint_due(since_checkpoint, last_checkpoint.elapsed())
+            {
+                since_checkpoint = 0;
+                last_checkpoint = std::time::Instant::now();
+                match pipe.begin_checkpoint() {
+                    Ok(previous) => durable = durable.or(previous.map(Ok)),
                     Err(e) => {
-                        // Keep what arrived: the next attempt resumes from here.
-                        let offset = pipe.checkpoint()?;
-                        self.set_offset(offset)?;
                         self.progress.finish();
-                        tracing::warn!(offset, error = %e, "download interrupted; will resume");
-                        return Ok(Err(Outcome::Failed {
-                            kind: "network".into(),
-                            message: format!("download interrupted at {offset}: {e}"),
-                            retry_soon: true,
-                        }));
+                        return self.refuse_download(now, pending, e);
+                    }
+                }
+            }
+            self.poll_checkpoint_record()?;
+            if let Some(result) = durable {
+                let at = match result {
+                    Ok(at) => at,
+                    Err(e) => {
+                        self.progress.finish();
+                        return self.refuse_download(now, pending, e);
                     }
                 };
-                let len = chunk.len() as u64;
-                if let Err(e) = pipe.write(chunk) {
+                self.begin_record_checkpoint(at)?;
+            }
+        }
+        if let Some(result) = pipe.wait_checkpoint() {
+            match result {
+                Ok(at) => self.record_checkpoint(at)?,
+                Err(e) => {
                     self.progress.finish();
                     return self.refuse_download(now, pending, e);
                 }
-                since_checkpoint += len;
-                self.progress.update(pipe.position());
-                let mut durable = pipe.poll_checkpoint();
-                if self
-                    .cfg
-                    .download
-                    .checkpoint_due(since_checkpoint, last_checkpoint.elapsed())
-                {
-                    since_checkpoint = 0;
-                    last_checkpoint = std::time::Instant::now();
-                    match pipe.begin_checkpoint() {
-                        Ok(previous) => durable = durable.or(previous.map(Ok)),
-                        Err(e) => return self.refuse_download(now, pending, e),
-                    }
-                }
-                self.poll_checkpoint_record()?;
-                if let Some(result) = durable {
-                    let offset = match result {
-                        Ok(o) => o,
-                        Err(e) => return self.refuse_download(now, pending, e),
-                    };
-                    self.begin_record_checkpoint(offset)?;
-                }
             }
-            if let Some(result) = pipe.wait_checkpoint() {
-                match result {
-                    Ok(offset) => self.record_checkpoint(offset)?,
-                    Err(e) => return self.refuse_download(now, pending, e),
-                }
-            }
-            self.progress.finish();
-            writer = match pipe.into_inner() {
-                Ok(w) => w,
-                Err(e) => return self.refuse_download(now, pending, e),
-            };
         }
-        match writer.finish() {
+        self.progress.finish();
+        let finished = match pipe.into_inner() {
+            Ok(sink) => sink.finish(),
+            Err(e) => return self.refuse_download(now, pending, e),
+        };
+        self.finish_download(now, name, sha_hex, pending, finished)
+    }
+
+    /// The end of a download: a verified image, a cut one kept for later, or a refusal.
+    fn finish_download(
+        &mut self,
+        now: DateTime<Utc>,
+        name: &TargetName,
+        sha_hex: &str,
+        pending: &PendingUpdate,
+        finished: Result<VerifiedImage, SinkError>,
+    ) -> Result<Result<VerifiedImage, Outcome>, AgentError> {
+        let short = |e: &dyn std::fmt::Display| {
+            // The server sent less than signed: keep what we have and retry later.
+            let offset = pending.resume_offset;
+            tracing::warn!(offset, error = %e, "download ended early; will resume");
+            Ok(Err(Outcome::Failed {
+                kind: "truncated_download".into(),
+                message: e.to_string(),
+                retry_soon: true,
+            }))
+        };
+        match finished {
             Ok(v) => {
                 self.log(now, OpKind::Verify, json!({"target": name.as_str(), "sha256": sha_hex, "length": v.length(), "ok": true}))?;
                 if let Some(p) = self.state.pending.as_mut() {
                     p.phase = Phase::Downloaded;
                     p.resume_offset = v.length();
+                    if let Some(c) = p.compressed.as_mut() {
+                        c.resume_offset = c.form.length;
+                    }
                 }
                 self.save()?;
                 Ok(Ok(v))
             }
-            Err(e @ SlotError::Short { .. }) => {
-                // The server sent less than signed: keep what we have and retry later.
-                let offset = pending.resume_offset;
-                tracing::warn!(offset, error = %e, "download ended early; will resume");
-                Ok(Err(Outcome::Failed {
-                    kind: "truncated_download".into(),
-                    message: e.to_string(),
-                    retry_soon: true,
-                }))
-            }
-            Err(e @ SlotError::HashMismatch { .. }) => {
-                self.refuse_image(now, pending, "hash_mismatch", e).map(Err)
-            }
-            Err(e) => Err(e.into()),
+            Err(SinkError::Slot(e @ SlotError::Short { .. })) => short(&e),
+            Err(SinkError::Decode(e @ DecodeError::Short { .. })) => short(&e),
+            Err(e) => self.refuse_download(now, pending, e),
         }
     }
 
-    /// The slot writer stopped: bytes past the signed length are an oversized download
-    /// (refused, anomaly); anything else is a local I/O failure.
+    /// The download stopped: bytes past a signed length are an oversized download, a
+    /// compressed form that does not decode is corrupt, an image with another SHA-256 a
+    /// hash mismatch (all refused, anomaly); anything else is a local failure.
     fn refuse_download(
         &mut self,
         now: DateTime<Utc>,
         pending: &PendingUpdate,
-        e: SlotError,
+        e: SinkError,
     ) -> Result<Result<VerifiedImage, Outcome>, AgentError> {
-        match e {
-            e @ SlotError::TooLong { .. } => self
-                .refuse_image(now, pending, "oversized_download", e)
-                .map(Err),
-            e => Err(e.into()),
-        }
+        let kind = match &e {
+            SinkError::Slot(SlotError::TooLong { .. })
+            | SinkError::Decode(DecodeError::TooLong { .. }) => "oversized_download",
+            SinkError::Decode(DecodeError::Corrupt { .. }) => "corrupt_compressed_image",
+            SinkError::Slot(SlotError::HashMismatch { .. }) => "hash_mismatch",
+            _ => {
+                return Err(match e {
+                    SinkError::Slot(e) => e.into(),
+                    SinkError::Decode(e) => e.into(),
+                })
+            }
+        };
+        self.refuse_image(now, pending, kind, e).map(Err)
     }
 
-    /// Records a durable checkpoint of the download (the slot is synced up to `offset`).
-    fn record_checkpoint(&mut self, offset: u64) -> Result<(), AgentError> {
-        self.begin_record_checkpoint(offset)?;
+    /// Records a durable checkpoint of the download (the slot is synced up to `at.image`).
+    fn record_checkpoint(&mut self, at: ResumePoint) -> Result<(), AgentError> {
+        self.begin_record_checkpoint(at)?;
         self.settle_checkpoint()
     }
 
@@ -853,10 +942,10 @@ impl Agent {
     /// each synced and renamed) is written on a thread of its own, while chunks keep
     /// arriving. It counts as recorded once written (the crash point is there); any other
     /// save waits for it first, so saves land in order.
-    fn begin_record_checkpoint(&mut self, offset: u64) -> Result<(), AgentError> {
+    fn begin_record_checkpoint(&mut self, at: ResumePoint) -> Result<(), AgentError> {
         self.settle_checkpoint()?;
         if let Some(p) = self.state.pending.as_mut() {
-            p.resume_offset = offset;
+            p.set_resume_point(at);
         }
         let bytes = StateStore::prepare(&mut self.state)?;
         self.saving = Some(SaveInFlight::start(self.states.clone(), bytes));
@@ -882,9 +971,9 @@ impl Agent {
         }
     }
 
-    fn set_offset(&mut self, offset: u64) -> Result<(), AgentError> {
+    fn set_resume_point(&mut self, at: ResumePoint) -> Result<(), AgentError> {
         if let Some(p) = self.state.pending.as_mut() {
-            p.resume_offset = offset;
+            p.set_resume_point(at);
         }
         self.save()
     }
@@ -895,7 +984,7 @@ impl Agent {
         now: DateTime<Utc>,
         pending: &PendingUpdate,
         kind: &str,
-        e: SlotError,
+        e: impl std::fmt::Display,
     ) -> Result<Outcome, AgentError> {
         self.state.abandon_pending();
         self.save()?;
@@ -908,7 +997,7 @@ impl Agent {
             now,
             kind,
             &e.to_string(),
-            json!({"target": pending.target_name}),
+            json!({"target": pending.target_name, "compressed": pending.compressed.is_some()}),
         )?;
         self.report_status(now, pending, UpdateState::Failed, Some(e.to_string()))?;
         Ok(Outcome::Failed {

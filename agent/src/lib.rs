@@ -10,6 +10,8 @@
 //!   U-Boot and file backends, plus the [`boot::BootSimulator`] that plays the boot script.
 //! - [`slots`]: the slot targets and the [`slots::SlotWriter`] that streams, hashes and
 //!   resumes an image write in constant memory.
+//! - [`pipeline`] and [`decode`]: the download's worker thread, and the zstd decoding of a
+//!   release's compressed form on its way into the slot, resumable at frame boundaries.
 //! - [`state`]: the durable agent state, including the anti-rollback floor.
 //! - [`oplog`]: the append-only, hash-chained operation log.
 //! - [`anomaly_queue`]: anomaly reports waiting for the server.
@@ -27,6 +29,7 @@ pub mod anomaly_queue;
 pub mod boot;
 pub mod config;
 pub mod cycle;
+pub mod decode;
 pub mod fsutil;
 pub mod health;
 pub mod metadata_store;

@@ -31,11 +31,13 @@
 
 use std::path::{Path, PathBuf};
 
+use ota_common::release::CompressedForm;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::boot::Slot;
 use crate::fsutil::{self, FsError};
+use crate::pipeline::ResumePoint;
 
 /// The state file format written by this agent.
 pub const STATE_FORMAT: u32 = 1;
@@ -132,9 +134,85 @@ pub struct PendingUpdate {
     #[serde(default)]
     pub deployment: Option<String>,
     /// Bytes of the image durably in the slot (a [`crate::slots::SlotWriter::checkpoint`]
-    /// result): where a download resumes, with an HTTP Range request.
+    /// result): where a download resumes, with an HTTP Range request on the image, or on
+    /// the compressed form at [`CompressedDownload::resume_offset`]. Always an image offset,
+    /// re-hashed from the slot on resume (so an agent that knows nothing of compressed
+    /// forms resumes correctly from it with the image).
     #[serde(default)]
     pub resume_offset: u64,
+    /// Set while the download fetches the release's compressed form rather than the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedDownload>,
+}
+
+/// A download of a release's zstd-compressed form ([`CompressedForm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressedDownload {
+    /// The form, as signed: the file the offset below refers to.
+    pub form: CompressedForm,
+    /// Offset in the compressed file of the frame boundary where the image's
+    /// [`PendingUpdate::resume_offset`] bytes end: where a new decoder resumes.
+    #[serde(default)]
+    pub resume_offset: u64,
+}
+
+impl PendingUpdate {
+    /// Settles which file the download fetches, given the compressed form on offer now
+    /// (`None`: the release has none, or the configuration declines it), so that offsets
+    /// into one file are never used on another. An update keeps the file it began with
+    /// while it is on offer. A compressed download whose form is gone or changed goes on
+    /// with the image from its image offset (durable in the slot, so no progress is lost);
+    /// a download of the image switches to the compressed form only while it has nothing
+    /// yet. Returns whether anything changed (the state needs saving).
+    pub fn select_source(&mut self, offered: Option<&CompressedForm>) -> bool {
+        let keep = match (&self.compressed, offered) {
+            (Some(c), Some(f)) => c.form == *f,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let mut changed = false;
+        if !keep {
+            self.compressed = None;
+            changed = true;
+        }
+        if let (None, Some(f), 0) = (&self.compressed, offered, self.resume_offset) {
+            self.compressed = Some(CompressedDownload {
+                form: f.clone(),
+                resume_offset: 0,
+            });
+            changed = true;
+        }
+        changed
+    }
+
+    /// Where the download resumes. A compressed record that cannot be right (an offset
+    /// past the file, image bytes from no compressed bytes, or the whole file for part of
+    /// the image, where a Range request would only fail) starts over.
+    pub fn resume_point(&self) -> ResumePoint {
+        let image = self.resume_offset;
+        let Some(c) = &self.compressed else {
+            return ResumePoint {
+                image,
+                source: image,
+            };
+        };
+        let source = c.resume_offset;
+        let consistent = (source > 0 || image == 0)
+            && (source < c.form.length || (source == c.form.length && image == self.length));
+        if consistent {
+            ResumePoint { image, source }
+        } else {
+            ResumePoint::ZERO
+        }
+    }
+
+    /// Records a durable resume point (after the slot checkpoint that made it so).
+    pub fn set_resume_point(&mut self, at: ResumePoint) {
+        self.resume_offset = at.image;
+        if let Some(c) = self.compressed.as_mut() {
+            c.resume_offset = at.source;
+        }
+    }
 }
 
 /// The steps of an update after a target was chosen.
@@ -580,6 +658,14 @@ mod tests {
             phase: Phase::Downloading,
             deployment: None,
             resume_offset: 0,
+            compressed: None,
+        }
+    }
+
+    fn form(byte: char) -> CompressedForm {
+        CompressedForm {
+            length: 1000,
+            sha256: byte.to_string().repeat(64),
         }
     }
 
@@ -651,6 +737,109 @@ mod tests {
             serde_json::from_str(r#"{"format":1,"future_field":true,"highest_committed":"2.0.0"}"#)
                 .unwrap();
         assert_eq!(old.highest_committed(), Some(&v("2.0.0")));
+        // A pending download of the image carries no `compressed` field.
+        assert!(p.get("compressed").is_none(), "{p}");
+    }
+
+    #[test]
+    fn a_state_file_from_before_compressed_forms_loads() {
+        let text = r#"{"format":1,"generation":3,"pending":{"target_name":"rootfs.img",
+            "version":"1.2.0","sha256":"abababababababababababababababababababababababababababababababab",
+            "length":4096,"slot":"B","phase":"downloading","resume_offset":2048}}"#;
+        let state: AgentState = serde_json::from_str(text).unwrap();
+        let p = state.pending.unwrap();
+        assert_eq!(p.compressed, None);
+        assert_eq!(
+            p.resume_point(),
+            ResumePoint {
+                image: 2048,
+                source: 2048
+            }
+        );
+    }
+
+    #[test]
+    fn a_compressed_download_round_trips_and_resumes_from_its_boundary() {
+        let (_dir, store) = store();
+        let mut state = AgentState::default();
+        let mut p = pending("1.2.0");
+        assert!(p.select_source(Some(&form('a'))));
+        p.set_resume_point(ResumePoint {
+            image: 3000,
+            source: 700,
+        });
+        state.begin_update(p).unwrap();
+        store.save(&mut state).unwrap();
+        let loaded = store.load().unwrap().state;
+        assert_eq!(loaded, state);
+        let p = loaded.pending.unwrap();
+        assert_eq!(p.resume_offset, 3000);
+        assert_eq!(
+            p.resume_point(),
+            ResumePoint {
+                image: 3000,
+                source: 700
+            }
+        );
+        // A malformed compressed hash in the file is refused, like the signed one.
+        let json = serde_json::to_string(&p)
+            .unwrap()
+            .replace(&"a".repeat(64), "../x");
+        assert!(serde_json::from_str::<PendingUpdate>(&json).is_err());
+    }
+
+    #[test]
+    fn the_source_never_mixes_offsets() {
+        let at = ResumePoint {
+            image: 3000,
+            source: 700,
+        };
+        // Same form on offer: kept.
+        let mut p = pending("1.2.0");
+        p.select_source(Some(&form('a')));
+        p.set_resume_point(at);
+        assert!(!p.select_source(Some(&form('a'))));
+        assert_eq!(p.resume_point(), at);
+        // Form gone (config or release): the image, from the image offset.
+        let mut gone = p.clone();
+        assert!(gone.select_source(None));
+        assert_eq!(gone.compressed, None);
+        assert_eq!(
+            gone.resume_point(),
+            ResumePoint {
+                image: 3000,
+                source: 3000
+            }
+        );
+        // Form changed: the old offset means nothing in the new file.
+        let mut changed = p.clone();
+        assert!(changed.select_source(Some(&form('b'))));
+        assert_eq!(changed.compressed, None);
+        assert_eq!(changed.resume_point().source, 3000);
+        // A started download of the image stays one; an unstarted one takes the form.
+        assert!(!gone.select_source(Some(&form('b'))));
+        assert_eq!(gone.compressed, None);
+        let mut fresh = pending("1.2.0");
+        assert!(fresh.select_source(Some(&form('b'))));
+        assert_eq!(fresh.compressed.as_ref().unwrap().form, form('b'));
+        assert_eq!(fresh.resume_point(), ResumePoint::ZERO);
+        // Records that cannot be right start over.
+        let mut bad = p.clone();
+        bad.compressed.as_mut().unwrap().resume_offset = 1001;
+        assert_eq!(bad.resume_point(), ResumePoint::ZERO);
+        bad.compressed.as_mut().unwrap().resume_offset = 0;
+        assert_eq!(bad.resume_point(), ResumePoint::ZERO);
+        bad.compressed.as_mut().unwrap().resume_offset = 1000;
+        assert_eq!(bad.resume_point(), ResumePoint::ZERO);
+        // ... unless the whole image is there too (downloaded, not yet installed).
+        bad.resume_offset = bad.length;
+        assert_eq!(
+            bad.resume_point(),
+            ResumePoint {
+                image: 4096,
+                source: 1000
+            }
+        );
     }
 
     #[test]

@@ -267,6 +267,38 @@ impl Lab {
         sha
     }
 
+    /// Publishes `bytes` as release `version` with a zstd form made by `ota-keys` at
+    /// `level` (both blobs uploaded); returns the image's SHA-256 and the compressed bytes.
+    pub async fn publish_compressed(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        version: &str,
+        level: i32,
+    ) -> (String, Vec<u8>) {
+        let mut zst = Vec::new();
+        let c = ota_keys::compress::compress_frames(&bytes[..], &mut zst, level)
+            .expect("compressing the image");
+        let zsha = self.server.upload(zst.clone()).await;
+        assert_eq!(zsha, hex::encode(c.sha256));
+        let sha = self.server.upload(bytes).await;
+        let (client, token) = self.admin();
+        let resp = client
+            .post(self.server.url("/api/v1/releases"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({
+                "name": name, "sha256": sha, "version": version, "hardware_ids": [HW],
+                "zstd": {"length": c.length, "sha256": zsha},
+            }))
+            .send()
+            .await
+            .expect("POST release");
+        let status = resp.status().as_u16();
+        let body = json_body(resp).await;
+        assert_eq!(status, 200, "publish {name}: {body}");
+        (sha, zst)
+    }
+
     /// `DELETE /api/v1/releases/{name}` (development mode: re-signs targets without it).
     pub async fn withdraw(&self, name: &str) {
         let (client, token) = self.admin();
@@ -352,6 +384,8 @@ pub struct DeviceOptions {
     pub factory_image: Vec<u8>,
     /// Slot B's initial size (zeros).
     pub slot_b_len: usize,
+    /// `[download] compressed`: use a release's zstd form when it has one.
+    pub compressed: bool,
 }
 
 impl Default for DeviceOptions {
@@ -363,6 +397,7 @@ impl Default for DeviceOptions {
             ca_file: None,
             server_url: None,
             factory_image: image("factory image", 256 * 1024),
+            compressed: true,
             slot_b_len: 2 * 1024 * 1024,
         }
     }
@@ -497,7 +532,8 @@ impl AgentProcess {
              \n[bootloader]\nkind = \"file\"\npath = {boot}\ntries = {tries}\n\
              \n[health]\ncommands = [{health}]\nrequire_server = {req}\ntimeout_secs = 60\n\
              \n[poll]\ninterval_secs = 300\n\
-             \n[download]\ncheckpoint_mib = 8\ncheckpoint_secs = 0\n",
+             \n[download]\ncheckpoint_mib = 8\ncheckpoint_secs = 0\ncompressed = {compressed}\n",
+            compressed = opts.compressed,
             url = server_url,
             ca = p(&ca),
             cert = p(&cert),
