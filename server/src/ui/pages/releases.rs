@@ -33,6 +33,8 @@ pub struct ReleaseRow {
     pub hardware_ids: Vec<String>,
     /// Image length.
     pub length: u64,
+    /// Length of the zstd-compressed form devices download instead, if it has one.
+    pub zstd_length: Option<u64>,
     /// Image SHA-256.
     pub sha256: Option<String>,
     /// End of security support.
@@ -61,6 +63,10 @@ pub fn read(state: &AppState) -> Result<Vec<ReleaseRow>, UiError> {
                 .unwrap_or_default(),
             length: file.length,
             sha256: file.sha256().map(str::to_string),
+            zstd_length: info
+                .as_ref()
+                .and_then(|i| i.zstd.as_ref())
+                .map(|z| z.length),
             support_until: info.and_then(|i| i.support_until),
             withdrawn_at: rec.and_then(|r| r.withdrawn_at),
         });
@@ -112,7 +118,14 @@ pub fn table(rows: &[ReleaseRow], summary: &FleetSummary, now: DateTime<Utc>) ->
                                 }
                             }
                             td { @for h in &r.hardware_ids { code { (h) } " " } }
-                            td.num { (bytes(r.length)) }
+                            td.num {
+                                (bytes(r.length))
+                                @if let Some(z) = r.zstd_length {
+                                    br; span.muted.small title="zstd-compressed form that devices download" {
+                                        "zstd " (bytes(z))
+                                    }
+                                }
+                            }
                             td.num {
                                 @match &r.version {
                                     Some(v) => a href={"/ui/devices?status=accepted&version=" (url_part(&v.to_string()))} {
@@ -181,5 +194,25 @@ mod tests {
         assert!(s(Some(SUPPORT_WARNING_DAYS - 1)).contains("warn"));
         assert!(s(Some(365)).contains("supported"));
         assert!(s(None).contains("not announced"));
+    }
+
+    #[test]
+    fn a_compressed_form_shows_under_the_image_size() {
+        let row = |name: &str, zstd_length| ReleaseRow {
+            name: name.into(),
+            version: Some("1.0.0".parse().unwrap()),
+            hardware_ids: vec!["hw".into()],
+            length: 64 * 1024 * 1024,
+            zstd_length,
+            sha256: None,
+            support_until: None,
+            withdrawn_at: None,
+        };
+        let now = Utc::now();
+        let html = table(&[row("a", Some(14_468_089))], &FleetSummary::default(), now);
+        let html = html.into_string();
+        assert!(html.contains("zstd 13.8 MiB"), "{html}");
+        let plain = table(&[row("b", None)], &FleetSummary::default(), now).into_string();
+        assert!(!plain.contains("zstd"), "{plain}");
     }
 }
