@@ -115,19 +115,7 @@ impl Repository {
             if known.contains(&key(sha, &form)) {
                 continue;
             }
-            let image: BlobFacts = self
-                .store
-                .get_json(BLOBS_TREE, sha.as_bytes())?
-                .ok_or_else(|| PublishError::MissingBlob {
-                    target: name.clone(),
-                    sha256: sha.into(),
-                })?;
-            if image.length != file.length {
-                return Err(PublishError::BlobMismatch {
-                    target: name.clone(),
-                    what: "length",
-                });
-            }
+            let image = self.uploaded_image(name, sha, file.length)?;
             self.check_compressed_form(name, &image, &form, blobs)?;
         }
         Ok(())

@@ -486,19 +486,7 @@ impl Repository {
             let sha = file
                 .sha256()
                 .ok_or_else(|| PublishError::MissingHash(name.clone()))?;
-            let facts: BlobFacts = self
-                .store
-                .get_json(BLOBS_TREE, sha.as_bytes())?
-                .ok_or_else(|| PublishError::MissingBlob {
-                    target: name.clone(),
-                    sha256: sha.into(),
-                })?;
-            if facts.length != file.length {
-                return Err(PublishError::BlobMismatch {
-                    target: name.clone(),
-                    what: "length",
-                });
-            }
+            let facts = self.uploaded_image(name, sha, file.length)?;
             if let Some(sha512) = file.hashes.get("sha512") {
                 if !sha512.eq_ignore_ascii_case(&facts.sha512) {
                     return Err(PublishError::BlobMismatch {
@@ -510,6 +498,30 @@ impl Repository {
             ReleaseInfo::from_target(name, file)?;
         }
         Ok(())
+    }
+
+    /// The uploaded blob that target `name` (SHA-256 `sha`, signed `length`) lists: it
+    /// must have been uploaded, with that length.
+    pub(super) fn uploaded_image(
+        &self,
+        name: &str,
+        sha: &str,
+        length: u64,
+    ) -> Result<BlobFacts, PublishError> {
+        let facts: BlobFacts = self
+            .store
+            .get_json(BLOBS_TREE, sha.as_bytes())?
+            .ok_or_else(|| PublishError::MissingBlob {
+                target: name.into(),
+                sha256: sha.into(),
+            })?;
+        if facts.length != length {
+            return Err(PublishError::BlobMismatch {
+                target: name.into(),
+                what: "length",
+            });
+        }
+        Ok(facts)
     }
 
     /// Writes targets + a new snapshot + a new timestamp in one guarded batch.
