@@ -7,31 +7,14 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{expect_fail, expect_ok, workspace_bin, write_image, Server};
+use support::{expect_fail, expect_ok, https_client, workspace_bin, write_image, Server};
 
 /// GET of a public path (no client certificate), trusting the server's CA.
 fn get(server: &Server, path: &str, range: Option<&str>) -> (u16, Vec<u8>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(server.ca()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap();
+    let client = https_client(server, None);
     let url = format!("{}/{path}", server.url());
     let range = range.map(str::to_string);
     tokio::runtime::Builder::new_current_thread()

@@ -6,12 +6,9 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
-use support::{expect_fail, expect_ok, workspace_bin, Server};
+use support::{expect_fail, expect_ok, https_client, workspace_bin, Server};
 
 const EXIT_AUTH: i32 = 5;
 
@@ -32,28 +29,7 @@ fn issue(server: &Server, id: &str) -> std::path::PathBuf {
 
 /// One `POST /api/v1/device/poll` with the device's certificate; returns the HTTP status.
 fn poll(server: &Server, dir: &Path, id: &str, attributes: Value) -> u16 {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(dir.join(format!("{id}.crt")))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{id}.key"))).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(server.ca()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap();
+    let client = https_client(server, Some((dir, id)));
     let body = serde_json::json!({"hardware_id": "board-x", "attributes": attributes});
     let url = format!("{}/api/v1/device/poll", server.url());
     tokio::runtime::Builder::new_current_thread()
