@@ -229,15 +229,7 @@ impl RepoEditor {
         let target = checked_name(name)?;
         let custom = custom.to_value(name)?;
         let (length, sha256, sha512) = hash_file(image)?;
-        let file = TargetFile {
-            length,
-            hashes: BTreeMap::from([
-                ("sha256".to_string(), sha256.clone()),
-                ("sha512".to_string(), sha512),
-            ]),
-            custom: Some(custom),
-            extra: BTreeMap::new(),
-        };
+        let file = image_target(length, &sha256, sha512, custom);
         self.add_target(name, file.clone())?;
         self.images.push(PendingImage {
             src: image.to_path_buf(),
@@ -263,15 +255,7 @@ impl RepoEditor {
         let target = checked_name(name)?;
         // Cheap refusals first: compressing a large image takes a while.
         custom.to_value(name)?;
-        if self.targets.targets.contains_key(name) {
-            return Err(Error::Target {
-                name: name.into(),
-                reason: format!(
-                    "already listed in targets v{}: remove it first to replace it",
-                    self.targets.version
-                ),
-            });
-        }
+        self.refuse_listed(name)?;
         // The directory of the image's content-addressed path (independent of the hash).
         let any = self.layout.target_path(&target, "0");
         let dir = any
@@ -281,15 +265,7 @@ impl RepoEditor {
         let form = compressed.form();
         let mut custom = custom.clone();
         custom.release.zstd = Some(form.clone());
-        let file = TargetFile {
-            length,
-            hashes: BTreeMap::from([
-                ("sha256".to_string(), sha256.clone()),
-                ("sha512".to_string(), sha512),
-            ]),
-            custom: Some(custom.to_value(name)?),
-            extra: BTreeMap::new(),
-        };
+        let file = image_target(length, &sha256, sha512, custom.to_value(name)?);
         self.add_target(name, file.clone())?;
         self.images.push(PendingImage {
             src: image.to_path_buf(),
@@ -303,6 +279,20 @@ impl RepoEditor {
         Ok((file, compressed))
     }
 
+    /// A name already listed is refused: replacing a target takes a removal first.
+    fn refuse_listed(&self, name: &str) -> Result<()> {
+        if self.targets.targets.contains_key(name) {
+            return Err(Error::Target {
+                name: name.into(),
+                reason: format!(
+                    "already listed in targets v{}: remove it first to replace it",
+                    self.targets.version
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Adds a target whose image is stored elsewhere (a server's blob store). Does not write
     /// to the disk.
     pub fn add_target(&mut self, name: &str, file: TargetFile) -> Result<()> {
@@ -313,15 +303,7 @@ impl RepoEditor {
                 reason: "no sha256 hash (the image's path in targets/ is named by it)".into(),
             });
         }
-        if self.targets.targets.contains_key(name) {
-            return Err(Error::Target {
-                name: name.into(),
-                reason: format!(
-                    "already listed in targets v{}: remove it first to replace it",
-                    self.targets.version
-                ),
-            });
-        }
+        self.refuse_listed(name)?;
         self.targets.targets.insert(name.into(), file);
         self.targets_dirty = true;
         Ok(())
@@ -602,6 +584,24 @@ fn sign_with<T: Role>(
         bytes,
         checks,
     })
+}
+
+/// The target entry of an image: its length, SHA-256 and SHA-512, and `custom`.
+fn image_target(
+    length: u64,
+    sha256: &str,
+    sha512: String,
+    custom: serde_json::Value,
+) -> TargetFile {
+    TargetFile {
+        length,
+        hashes: BTreeMap::from([
+            ("sha256".to_string(), sha256.to_string()),
+            ("sha512".to_string(), sha512),
+        ]),
+        custom: Some(custom),
+        extra: BTreeMap::new(),
+    }
 }
 
 #[cfg(test)]
